@@ -1,0 +1,1 @@
+"""The `ferry` command line: parses, calls the layers, renders tables and JSON."""

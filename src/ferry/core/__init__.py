@@ -1,0 +1,1 @@
+"""Pure domain types: positions, findings, plans and errors. Standard library only."""

@@ -1,0 +1,1 @@
+"""Database engines: how each one's backups are read, chained and restored."""

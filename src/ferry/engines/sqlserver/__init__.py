@@ -1,0 +1,1 @@
+"""SQL Server: native .bak/.trn media reader, restore chain selection, findings."""

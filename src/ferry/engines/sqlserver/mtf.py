@@ -1,0 +1,178 @@
+"""Microsoft Tape Format primitives: descriptor blocks (DBLKs), stream headers, and their encodings.
+
+Only what the metadata needs is decoded. Every structure is checked (XOR checksums, bounds) so that a
+truncated or damaged file fails with the byte offset of the first thing that is wrong, never later with
+a value that silently makes no sense. See docs/engines.md and the format notes for the layout.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+from ferry.core.lsn import sqlserver_lsn
+
+DBLK_HEADER_SIZE = 52
+STREAM_HEADER_SIZE = 22
+
+# Block types whose headers Ferry recognises. Anything else at a block boundary means the walk is lost.
+KNOWN_BLOCKS = frozenset(
+    {b"TAPE", b"SFMB", b"SSET", b"VOLB", b"ESET", b"EOTM", b"MSCI", b"MSDA", b"MSTL", b"MSLS"}
+)
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_LSN = struct.Struct("<IIH")
+_DBLK = struct.Struct("<4sIH")
+_STREAM = struct.Struct("<4sHHQ")
+
+
+class FormatProblem(Exception):
+    """Raised inside the parser with the absolute byte offset; the reader turns it into BackupFormatError."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+
+
+def xor16(data: bytes | memoryview, words: int) -> int:
+    """XOR of the first `words` little-endian u16 words: MTF's header checksum."""
+    acc = 0
+    for (w,) in struct.iter_unpack("<H", data[: words * 2]):
+        acc ^= w
+    return acc
+
+
+@dataclass(frozen=True)
+class Dblk:
+    """A descriptor block header. `raw` holds the bytes from the block start up to its first stream."""
+
+    offset: int
+    type: bytes
+    attributes: int
+    first_event: int
+    string_type: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    offset: int
+    id: bytes
+    length: int
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + STREAM_HEADER_SIZE
+
+    @property
+    def next_offset(self) -> int:
+        """Streams are 4-byte aligned; the SPAD that ends a block is not (the next DBLK follows it directly)."""
+        end = self.data_offset + self.length
+        return end if self.id == b"SPAD" else (end + 3) & ~3
+
+
+def parse_dblk(raw: bytes, offset: int) -> Dblk:
+    """Check and decode a DBLK header. `raw` starts at the block and holds at least its fixed part."""
+    if len(raw) < DBLK_HEADER_SIZE:
+        raise FormatProblem(offset + len(raw), "unexpected end of data inside a block header")
+    btype, attributes, first_event = _DBLK.unpack_from(raw, 0)
+    if btype not in KNOWN_BLOCKS:
+        raise FormatProblem(offset, f"expected a tape-format block, found {_show(btype)}")
+    checksum = _U16.unpack_from(raw, 0x32)[0]
+    if xor16(raw, 25) != checksum:
+        raise FormatProblem(offset, f"checksum of the {btype.decode()} block header does not match")
+    if btype != b"SFMB" and not DBLK_HEADER_SIZE <= first_event <= 0x4000:
+        raise FormatProblem(offset + 8, f"{btype.decode()} block points at its data out of range")
+    return Dblk(offset, btype, attributes, first_event, raw[0x30], raw)
+
+
+def parse_stream_header(raw: bytes, offset: int) -> StreamHeader:
+    if len(raw) < STREAM_HEADER_SIZE:
+        raise FormatProblem(offset + len(raw), "unexpected end of data inside a stream header")
+    sid, _fs_attr, _tf_attr, length = _STREAM.unpack_from(raw, 0)
+    if xor16(raw, 10) != _U16.unpack_from(raw, 20)[0]:
+        raise FormatProblem(offset, f"checksum of stream header {_show(sid)} does not match")
+    return StreamHeader(offset, sid, length)
+
+
+def _show(tag: bytes) -> str:
+    text = tag.decode("latin-1")
+    return repr(text) if text.isprintable() else "0x" + tag.hex()
+
+
+# --- field decoders over a record (`buf`) with offsets relative to its start --------------------------
+
+
+def u8(buf: bytes, off: int) -> int:
+    return buf[off]
+
+
+def u16(buf: bytes, off: int) -> int:
+    return int(_U16.unpack_from(buf, off)[0])
+
+
+def u32(buf: bytes, off: int) -> int:
+    return int(_U32.unpack_from(buf, off)[0])
+
+
+def u64(buf: bytes, off: int) -> int:
+    return int(_U64.unpack_from(buf, off)[0])
+
+
+def lsn(buf: bytes, off: int) -> int:
+    vlf, block, slot = _LSN.unpack_from(buf, off)
+    return sqlserver_lsn(vlf, block, slot)
+
+
+def guid(buf: bytes, off: int) -> UUID | None:
+    raw = bytes(buf[off : off + 16])
+    if len(raw) < 16 or raw == bytes(16):
+        return None
+    return UUID(bytes_le=raw)
+
+
+def text(buf: bytes, ta_off: int, base: int = 0) -> str | None:
+    """A string through a TAPE_ADDRESS (u16 size, u16 offset from `base`). Size 0 is NULL."""
+    size, rel = _U16.unpack_from(buf, ta_off)[0], _U16.unpack_from(buf, ta_off + 2)[0]
+    if size == 0:
+        return None
+    start = base + rel
+    if start + size > len(buf):
+        raise ValueError(f"string at +{ta_off:#x} points past its record")
+    return bytes(buf[start : start + size]).decode("utf-16-le", errors="replace")
+
+
+def ta_offset(buf: bytes, ta_off: int) -> int | None:
+    """Where a TAPE_ADDRESS points, or None for NULL: used to find where a record's strings begin."""
+    size, rel = _U16.unpack_from(buf, ta_off)[0], _U16.unpack_from(buf, ta_off + 2)[0]
+    return rel if size else None
+
+
+def mtf_date(buf: bytes, off: int, tz: timezone) -> datetime | None:
+    """MTF_DATE_TIME: 40 bits, big-endian, year 14 / month 4 / day 5 / hour 5 / minute 6 / second 6.
+    Values are the server's local time; `tz` is its UTC offset from the SSET block."""
+    v = int.from_bytes(buf[off : off + 5], "big")
+    if v == 0:
+        return None
+    second, minute = v & 0x3F, (v >> 6) & 0x3F
+    hour, day = (v >> 12) & 0x1F, (v >> 17) & 0x1F
+    month, year = (v >> 22) & 0xF, v >> 26
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except ValueError:
+        raise ValueError(f"date at +{off:#x} is not a valid date") from None
+
+
+def quarter_hours_tz(value: int) -> timezone:
+    """The SSET time-zone byte: signed quarter hours east of UTC."""
+    signed = value - 256 if value > 127 else value
+    return timezone(timedelta(minutes=15 * signed))
+
+
+ReadFn = Callable[[int, int], bytes]

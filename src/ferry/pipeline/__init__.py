@@ -1,0 +1,1 @@
+"""Engine-agnostic stages: discover files in a store, read them, group, select chains, plan."""

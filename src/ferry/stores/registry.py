@@ -1,0 +1,27 @@
+"""Choose a store by the URL's scheme: `file://` or a plain path today; `smb://`, `az://`, `s3://` to come."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ferry.core.errors import UsageError
+from ferry.stores.base import BackupStore
+from ferry.stores.local import LocalStore
+
+
+def open_store(location: str) -> BackupStore:
+    """A store for `location`, a URL or a local path. Raises UsageError naming what is wrong."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and location[1:2] == ":"):
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(location)
+        if not path.exists():
+            raise UsageError(
+                f"backup location '{location}' does not exist",
+                "give a folder or file that holds .bak/.trn backups",
+            )
+        return LocalStore(path)
+    raise UsageError(
+        f"backup location '{location}' uses the scheme '{parsed.scheme}', which this Ferry cannot read",
+        "use a local path or a file:// URL",
+    )
