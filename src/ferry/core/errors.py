@@ -42,8 +42,7 @@ class BackupFormatError(FerryError):
     """A backup file that cannot be read: truncated, corrupt, or not a backup at all."""
 
     hint = (
-        "the file may be truncated, still uploading, or not a backup; "
-        "Ferry reads it again on the next scan"
+        "the file may be truncated, still uploading, or not a backup; Ferry reads it again on the next scan"
     )
 
     def __init__(self, key: str, offset: int, reason: str, hint: str = "") -> None:

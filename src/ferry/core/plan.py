@@ -7,7 +7,7 @@ read it, so keys are only ever added, never renamed or removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from ferry.core.findings import Finding, has_errors
@@ -15,7 +15,7 @@ from ferry.core.findings import Finding, has_errors
 PLAN_FORMAT_VERSION = 1
 
 
-class StepKind(str, Enum):
+class StepKind(StrEnum):
     FULL = "full"
     DIFF = "diff"
     LOG = "log"

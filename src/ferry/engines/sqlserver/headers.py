@@ -69,6 +69,8 @@ class DatabaseFile:
     unique_id: UUID | None
     backup_size: int
     filegroup_id: int
+    # UTC time of the file's differential base; for a full backup, of the backup itself.
+    base_time: datetime | None = None
 
     def filelistonly(self) -> dict[str, Any]:
         return {
@@ -225,5 +227,5 @@ def _date(value: datetime | None) -> str | None:
 
 
 def _media_family_guid(family_id: int) -> str:
-    # LABELONLY shows the u32 family id followed by twelve zero bytes, e.g. B61166AA-0000-0000-0000-000000000000.
+    # LABELONLY shows the u32 family id then twelve zero bytes: B61166AA-0000-0000-0000-000000000000.
     return f"{family_id:08X}-0000-0000-0000-000000000000"

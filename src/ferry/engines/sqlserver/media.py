@@ -93,6 +93,8 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
             raw = src.exact(offset, 0x42, "the media header")
             soft_filemark = max(1, u16(raw, 0x40)) * 512
         if dblk.type == b"SFMB":
+            if offset + soft_filemark > src.size:
+                raise FormatProblem(src.size, "unexpected end of data inside a filemark")
             yield Block(dblk, ())
             offset += soft_filemark
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
 from ferry.core.lsn import sqlserver_lsn
@@ -72,7 +72,7 @@ class StreamHeader:
 
     @property
     def next_offset(self) -> int:
-        """Streams are 4-byte aligned; the SPAD that ends a block is not (the next DBLK follows it directly)."""
+        """Streams are 4-byte aligned; the SPAD ending a block is not (the next DBLK follows directly)."""
         end = self.data_offset + self.length
         return end if self.id == b"SPAD" else (end + 3) & ~3
 
@@ -145,7 +145,7 @@ def text(buf: bytes, ta_off: int, base: int = 0) -> str | None:
     start = base + rel
     if start + size > len(buf):
         raise ValueError(f"string at +{ta_off:#x} points past its record")
-    return bytes(buf[start : start + size]).decode("utf-16-le", errors="replace")
+    return bytes(buf[start : start + size]).decode("utf-16-le")
 
 
 def ta_offset(buf: bytes, ta_off: int) -> int | None:
@@ -167,6 +167,20 @@ def mtf_date(buf: bytes, off: int, tz: timezone) -> datetime | None:
         return datetime(year, month, day, hour, minute, second, tzinfo=tz)
     except ValueError:
         raise ValueError(f"date at +{off:#x} is not a valid date") from None
+
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def filetime(buf: bytes, off: int) -> datetime | None:
+    """A Windows FILETIME: 100-ns ticks since 1601-01-01 UTC. Zero is NULL."""
+    ticks = u64(buf, off)
+    if ticks == 0:
+        return None
+    try:
+        return _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
+    except OverflowError:
+        raise ValueError(f"FILETIME at +{off:#x} is out of range") from None
 
 
 def quarter_hours_tz(value: int) -> timezone:

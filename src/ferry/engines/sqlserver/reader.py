@@ -9,7 +9,7 @@ Compressed media (`MSSQLBAK`) are read from their first and last chunks only (se
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 from uuid import UUID
@@ -20,6 +20,7 @@ from ferry.engines.sqlserver.headers import TYPE_LETTERS, BackupSet, DatabaseFil
 from ferry.engines.sqlserver.media import Block, PagedSource, blocks_in_buffer, find_block, walk_blocks
 from ferry.engines.sqlserver.mtf import (
     FormatProblem,
+    filetime,
     guid,
     lsn,
     mtf_date,
@@ -64,7 +65,7 @@ class _OpenSet:
     machine: str = ""
     mqci_start: bytes | None = None
     mqci_end: bytes | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    end_offset: int = 0
 
 
 def read_backup_sets(reader: RangeReader) -> list[BackupSet]:
@@ -75,7 +76,7 @@ def read_backup_sets(reader: RangeReader) -> list[BackupSet]:
             return _read_compressed(reader)
         if not head.startswith(TAPE_MAGIC):
             raise FormatProblem(0, "not SQL Server backup media (no TAPE or MSSQLBAK header)")
-        return _assemble(reader.key, walk_blocks(PagedSource(reader)), compressed=False, whole=True)
+        return _assemble(walk_blocks(PagedSource(reader)), reader.key, reader.size, compressed=False)
     except FormatProblem as exc:
         raise BackupFormatError(reader.key, exc.offset, exc.reason) from None
 
@@ -91,16 +92,23 @@ def _read_compressed(reader: RangeReader) -> list[BackupSet]:
     blocks.append(end)
     if eset is not None:
         blocks.append(eset)
-    return _assemble(reader.key, blocks, compressed=True, whole=False)
+    return _assemble(blocks, reader.key, None, compressed=True)
 
 
-def _assemble(key: str, blocks: Iterable[Block], *, compressed: bool, whole: bool) -> list[BackupSet]:
+def _assemble(
+    blocks: Iterable[Block], key: str, walked_to: int | None, *, compressed: bool
+) -> list[BackupSet]:
+    """Backup sets from the blocks of a file. `walked_to` is the file size when `blocks` is the whole file
+    (uncompressed media), None when only its head and end were decoded (compressed media)."""
+    whole = walked_to is not None
     media = _Media()
     current: _OpenSet | None = None
     done: list[BackupSet] = []
     last_offset = 0
+    last_type = b""
     for block in blocks:
         kind, raw, last_offset = block.header.type, block.header.raw, block.header.offset
+        last_type = kind
         if kind == b"TAPE":
             media = _read_tape(block)
         elif kind == b"SSET":
@@ -118,13 +126,21 @@ def _assemble(key: str, blocks: Iterable[Block], *, compressed: bool, whole: boo
             if kind == b"MSCI":
                 current.mqci_start = mqci
             else:
-                current.mqci_end = mqci
+                current.mqci_end, current.end_offset = mqci, last_offset
         elif kind == b"ESET":
             done.append(_build(key, media, current, compressed))
             current = None
+    if whole and last_type != b"SFMB":
+        # Media always close with a filemark after the last set: a file that stops right after a block
+        # was cut at a block boundary, and may lack the sets that were still to come.
+        raise FormatProblem(
+            walked_to or 0, "the media ends without its closing filemark; the file is incomplete"
+        )
     if current is not None:
         if whole or current.mqci_end is None:
-            raise FormatProblem(last_offset, "the backup set has no end marker; the file is incomplete")
+            raise FormatProblem(
+                walked_to or last_offset, "the backup set has no end marker; the file is incomplete"
+            )
         done.append(_build(key, media, current, compressed))
     if not done:
         raise FormatProblem(last_offset, "the media holds no backup set")
@@ -167,10 +183,13 @@ def _build(key: str, media: _Media, s: _OpenSet, compressed: bool) -> BackupSet:
     backup_set_guid = guid(sset, 0x64)
     if backup_set_guid is None:
         raise FormatProblem(s.sset_offset + 0x64, "backup set has no BackupSetGUID")
+    where = s.end_offset if s.mqci_end is not None else s.sset_offset
     try:
         scin = _parse_mqci(mqci, tz)
-    except (ValueError, IndexError, KeyError) as exc:  # struct.error is a ValueError
-        raise FormatProblem(s.sset_offset, f"SQL Server configuration record is damaged: {exc}") from None
+    except (ValueError, IndexError, KeyError) as exc:  # struct.error and UnicodeError are ValueErrors
+        raise FormatProblem(where, f"SQL Server configuration record is damaged: {exc}") from None
+    if s.mqci_start is not None and s.mqci_end is not None:
+        _check_copies(s.mqci_start, s.mqci_end, where)
     return BackupSet(
         path=key,
         position=u16(sset, 0x3E),
@@ -189,6 +208,33 @@ def _build(key: str, media: _Media, s: _OpenSet, compressed: bool) -> BackupSet:
     )
 
 
+# Byte ranges of the SCIN record that SQL Server writes identically at the start of a backup (MSCI) and
+# at its end (MSLS): flags, versions, names, GUIDs, recovery fork, status. LSNs, dates and sizes are
+# updated at the end, so they are left out. The MQCI stream has no checksum of its own; comparing the two
+# copies is what catches a damaged header instead of reporting a wrong database name or GUID.
+_INVARIANT_SCIN = ((0x08, 0x20), (0x57, 0x60), (0x68, 0x90), (0x9C, 0xF8))
+
+
+def _check_copies(start: bytes, end: bytes, where: int) -> None:
+    scin_len = u32(end, 4)
+    if u32(start, 4) != scin_len:
+        raise FormatProblem(
+            where, "the two copies of the backup header differ in length; the file is damaged"
+        )
+    ranges = [*_INVARIANT_SCIN, (_strings_start(end, scin_len), scin_len)]
+    for lo, hi in ranges:
+        if start[lo:hi] != end[lo:hi]:
+            bad = next(i for i in range(lo, hi) if start[i] != end[i])
+            raise FormatProblem(
+                where, f"the two copies of the backup header disagree at byte {bad:#x}; the file is damaged"
+            )
+
+
+def _strings_start(scin: bytes, scin_len: int) -> int:
+    offsets = (ta_offset(scin, 0x68), ta_offset(scin, 0x6C))
+    return min((o for o in offsets if o is not None), default=scin_len)
+
+
 def _parse_mqci(buf: bytes, tz: timezone) -> dict[str, Any]:
     """The SCIN record (backup header) and the SFGI/SFIN records (filegroups, files) that follow it."""
     if buf[:4] != b"SCIN":
@@ -202,9 +248,7 @@ def _parse_mqci(buf: bytes, tz: timezone) -> dict[str, Any]:
     status = u32(scin, 0xF4)
     # The fixed part grew across versions (0x158 on 2005, 0x16C on 2008 R2, 0x190 from 2014). Where the
     # strings begin tells which fields exist: CompressedBackupSize at 0x158 only if nothing starts there.
-    strings_at = min(
-        (o for o in (ta_offset(scin, 0x68), ta_offset(scin, 0x6C)) if o is not None), default=scin_len
-    )
+    strings_at = _strings_start(scin, scin_len)
     fork_point = lsn(scin, 0xAC)
     filegroups: dict[int, str | None] = {}
     files: list[DatabaseFile] = []
@@ -270,4 +314,5 @@ def _parse_sfin(rec: bytes, filegroups: dict[int, str | None]) -> DatabaseFile:
         unique_id=guid(rec, 0xBA),
         backup_size=u32(rec, 0x18) * 8192,
         filegroup_id=fg_id,
+        base_time=filetime(rec, 0x106) if len(rec) >= 0x10E else None,
     )

@@ -1,0 +1,178 @@
+"""Discover and read: list every object in a store, tell by its first bytes what it is, read its headers.
+
+Nothing is taken from a file's name or folder. Each file costs one listing entry, a few small ranged
+reads and a second look at its size: a file whose size changed while it was read is still being written,
+so its headers are set aside for the next scan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ferry.core.errors import BackupFormatError, StoreError
+from ferry.core.findings import Finding, Severity
+from ferry.engines.base import Engine
+from ferry.stores.base import BackupStore, ObjectInfo
+from ferry.stores.prefetch import PrefetchedReader
+
+HEAD_SIZE = 16384
+# Names a DBA gives backup files. A file so named that holds no backup deserves a warning; any other
+# foreign file (a README, a checksum list) is only noted. The name never decides what a file is.
+_BACKUP_SUFFIXES = (".bak", ".trn", ".dif", ".diff", ".log.bak")
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class FileResult:
+    info: ObjectInfo
+    engine: str | None = None
+    sets: Sequence[object] = ()
+    finding: Finding | None = None
+    bytes_read: int = 0
+
+
+@dataclass
+class ScanResult:
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f.finding for f in self.files if f.finding is not None]
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(f.bytes_read for f in self.files)
+
+    def sets_for(self, engine: str) -> list[object]:
+        return [s for f in self.files if f.engine == engine for s in f.sets]
+
+
+def scan(
+    store: BackupStore,
+    engines: Sequence[Engine],
+    prefix: str = "",
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Read every object below `prefix`. Reads overlap on `workers` threads: stores answer with latency
+    (a share, an object store), and the readers release the GIL while they wait."""
+    objects: Iterator[ObjectInfo] = store.iter_objects(prefix)
+    result = ScanResult()
+    count = workers if workers is not None else min(16, (os.cpu_count() or 2) * 4)
+
+    def one(info: ObjectInfo) -> FileResult:
+        return read_object(store, engines, info)
+
+    if count <= 1:
+        for info in objects:
+            result.files.append(one(info))
+            if progress:
+                progress(len(result.files), None)
+        return result
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="ferry-scan") as pool:
+        for fr in pool.map(one, objects):
+            result.files.append(fr)
+            if progress:
+                progress(len(result.files), None)
+    return result
+
+
+def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo) -> FileResult:
+    """One object's backup sets, or the finding that says why it has none. Never raises for bad data."""
+    out = FileResult(info)
+    if info.size == 0:
+        out.finding = _finding(
+            "empty-file",
+            Severity.WARNING,
+            f"'{info.key}' is empty",
+            "a backup may still be being created; Ferry reads it again on the next scan",
+            info.key,
+        )
+        return out
+    try:
+        raw = store.open(info.key)
+    except StoreError as exc:
+        out.finding = _finding("file-unreadable", Severity.ERROR, exc.message, exc.hint, info.key)
+        return out
+    try:
+        reader = PrefetchedReader(raw, raw.read(0, HEAD_SIZE))
+        engine = next((e for e in engines if e.sniff(reader.head)), None)
+        if engine is None:
+            out.finding = _not_a_backup(info)
+        else:
+            out.engine = engine.name
+            out.sets = engine.read(reader)
+            if _changed(store, info, raw.size):
+                out.sets = ()
+                out.finding = _finding(
+                    "file-changing",
+                    Severity.WARNING,
+                    f"'{info.key}' changed size while Ferry read it: it is still being written",
+                    "Ferry reads it again on the next scan, once the backup has finished",
+                    info.key,
+                )
+    except BackupFormatError as exc:
+        out.finding = _format_finding(exc, store, info)
+    except StoreError as exc:
+        out.finding = _finding("file-unreadable", Severity.ERROR, exc.message, exc.hint, info.key)
+    finally:
+        out.bytes_read = raw.bytes_read
+        raw.close()
+    return out
+
+
+def _changed(store: BackupStore, info: ObjectInfo, size_at_open: int) -> bool:
+    if size_at_open != info.size:
+        return True
+    try:
+        return store.stat(info.key).size != info.size
+    except StoreError:
+        return True  # gone since the listing: certainly not a finished backup
+
+
+def _format_finding(exc: BackupFormatError, store: BackupStore, info: ObjectInfo) -> Finding:
+    if _changed(store, info, info.size):
+        return _finding(
+            "file-changing",
+            Severity.WARNING,
+            f"'{info.key}' changed size while Ferry read it: it is still being written",
+            "Ferry reads it again on the next scan, once the backup has finished",
+            info.key,
+        )
+    if "unexpected end of data" in exc.reason:
+        return _finding(
+            "backup-truncated",
+            Severity.WARNING,
+            str(exc),
+            "the file may still be uploading or was cut short by a failed copy; Ferry reads it again on "
+            "the next scan, and if it stays short, copy it again from the source",
+            info.key,
+        )
+    return _finding(
+        "backup-unreadable",
+        Severity.ERROR,
+        str(exc),
+        "the file is damaged or not a SQL Server backup: copy it again from the source, or check it "
+        "with RESTORE VERIFYONLY on a SQL Server",
+        info.key,
+    )
+
+
+def _not_a_backup(info: ObjectInfo) -> Finding:
+    named_like_backup = info.key.lower().endswith(_BACKUP_SUFFIXES)
+    return _finding(
+        "not-a-backup",
+        Severity.WARNING if named_like_backup else Severity.INFO,
+        f"'{info.key}' is not a backup file Ferry knows (no backup header at byte 0); skipped",
+        "move files that are not backups out of the backup folder, or ignore this note",
+        info.key,
+    )
+
+
+def _finding(code: str, severity: Severity, message: str, hint: str, key: str) -> Finding:
+    return Finding(code=code, severity=severity, message=message, hint=hint, files=(key,))
