@@ -1,0 +1,266 @@
+"""`ferry`: the command line. Parses options, calls the pipeline, renders tables or JSON.
+
+Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable input or unreachable store,
+3 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ferry import __version__
+from ferry.cli import render
+from ferry.core.catalog import RecoveryTarget
+from ferry.core.errors import FerryError, StoreError, UsageError
+from ferry.core.findings import has_errors
+from ferry.engines.registry import all_engines
+from ferry.pipeline.catalog import build_catalog, build_plan, select_databases
+from ferry.pipeline.discover import ScanResult, scan
+from ferry.stores.local import LocalStore
+from ferry.stores.registry import open_store
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="ferry",
+    help="Ferry reads native database backups where they are and plans, runs and verifies migrations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: FerryError, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    if exc.hint:
+        err.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn Ferry's errors into a message, a hint and an exit code; anything else is a bug (exit 3)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except (UsageError, StoreError) as exc:
+        raise _fail(exc, EXIT_INPUT) from None
+    except FerryError as exc:
+        raise _fail(exc, EXIT_FINDINGS) from None
+    except Exception as exc:
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress line that appears only when the work takes more than a second (and stderr is a tty)."""
+    started = time.monotonic()
+    bar: Progress | None = None
+    task = None
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal bar, task
+        if quiet or not err.is_terminal:
+            return
+        if bar is None:
+            if time.monotonic() - started < 1.0:
+                return
+            bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.completed} files"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task(label, total=total)
+        assert task is not None
+        bar.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _scan(location: str, quiet: bool) -> ScanResult:
+    store = open_store(location)
+    with _progress(f"Reading backup headers in {location}", quiet) as update:
+        return scan(store, all_engines(), progress=update)
+
+
+@app.command()
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="Backup files (.bak, .trn, any name).")],
+    as_json: Annotated[bool, typer.Option("--json", help="RESTORE HEADERONLY/FILELISTONLY as JSON.")] = False,
+) -> None:
+    """Show what backup files hold: RESTORE HEADERONLY and FILELISTONLY, read with no SQL Server."""
+    with _errors():
+        engines = all_engines()
+        rows: list[dict[str, Any]] = []
+        failed = False
+        for path in files:
+            if not path.is_file():
+                raise UsageError(f"'{path}' is not a file", "give paths of backup files")
+            store = LocalStore(path.parent)
+            with store.open(path.name) as reader:
+                head = reader.read(0, 16)
+                engine = next((e for e in engines if e.sniff(head)), None)
+                if engine is None:
+                    err.print(f"[bold red]error:[/] '{path}' is not a backup file Ferry knows")
+                    err.print("[dim]hint: give SQL Server .bak/.trn files[/]")
+                    failed = True
+                    continue
+                try:
+                    sets = engine.read(reader)
+                except FerryError as exc:
+                    err.print(f"[bold red]error:[/] {exc.message.replace(path.name, str(path), 1)}")
+                    err.print(f"[dim]hint: {exc.hint}[/]")
+                    failed = True
+                    continue
+            for s in sets:
+                row = _inspect_row(s)
+                row["path"] = str(path)
+                rows.append(row)
+        if as_json:
+            _emit_json(rows)
+        else:
+            _render_inspect(rows)
+        if failed:
+            raise typer.Exit(EXIT_INPUT)
+
+
+def _inspect_row(s: object) -> dict[str, Any]:
+    headeronly = getattr(s, "headeronly", None)
+    files = getattr(s, "files", ())
+    row: dict[str, Any] = headeronly() if callable(headeronly) else {}
+    row["files"] = [f.filelistonly() for f in files]
+    return row
+
+
+def _render_inspect(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    keys = (
+        "DatabaseName", "ServerName", "MachineName", "BackupTypeDescription", "Position", "FirstLSN",
+        "LastLSN", "CheckpointLSN", "DatabaseBackupLSN", "DifferentialBaseLSN", "BackupStartDate",
+        "BackupFinishDate", "SoftwareVersionMajor", "DatabaseVersion", "RecoveryModel", "Compressed",
+        "FamilyCount", "FamilySequenceNumber", "BackupSize", "BackupSetGUID", "HasMediaPassword",
+    )  # fmt: skip
+    for row in rows:
+        table = Table(title=row["path"], title_justify="left", show_header=False, box=None)
+        table.add_column(style="dim")
+        table.add_column()
+        for k in keys:
+            table.add_row(k, "" if row.get(k) is None else str(row[k]))
+        out.print(table)
+        files = Table(show_edge=False, box=None, padding=(0, 2, 0, 2))
+        for col in ("LogicalName", "Type", "FileGroupName", "Size", "PhysicalName"):
+            files.add_column(col)
+        for f in row["files"]:
+            files.add_row(
+                f["LogicalName"],
+                f["Type"],
+                f["FileGroupName"] or "",
+                render.size(f["Size"]),
+                f["PhysicalName"],
+            )
+        out.print(files)
+        out.print()
+
+
+@app.command("scan")
+def scan_cmd(
+    path: Annotated[str, typer.Argument(help="Folder or store URL holding backups, in any layout.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The catalog as JSON.")] = False,
+) -> None:
+    """List the databases whose backups are in PATH, and how far each can be restored."""
+    with _errors():
+        result = _scan(path, as_json)
+        cat = build_catalog(path, result, all_engines())
+        if as_json:
+            _emit_json(cat.to_json())
+        else:
+            render.catalog(out, cat)
+        if has_errors(list(cat.findings)):
+            raise typer.Exit(EXIT_FINDINGS)
+
+
+def _target(stop_at: str | None, stop_at_lsn: str | None) -> RecoveryTarget | None:
+    if stop_at and stop_at_lsn:
+        raise UsageError("--stop-at and --stop-at-lsn exclude each other", "give one point to restore to")
+    if stop_at_lsn:
+        return RecoveryTarget(lsn=stop_at_lsn)
+    if stop_at:
+        try:
+            return RecoveryTarget(time=datetime.fromisoformat(stop_at.strip()))
+        except ValueError:
+            raise UsageError(
+                f"--stop-at '{stop_at}' is not a date and time",
+                "write it as 2017-05-18T04:18:31 (the source server's local time) or with an offset, "
+                "2017-05-18T04:18:31+02:00",
+            ) from None
+    return None
+
+
+@app.command()
+def plan(
+    path: Annotated[str, typer.Argument(help="Folder or store URL holding backups, in any layout.")],
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Plan only this database (repeatable).")
+    ] = None,
+    stop_at: Annotated[
+        str | None, typer.Option("--stop-at", help="Restore to this time (source server's local time).")
+    ] = None,
+    stop_at_lsn: Annotated[str | None, typer.Option("--stop-at-lsn", help="Restore to this LSN.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The plan as JSON (a documented contract).")
+    ] = False,
+) -> None:
+    """Choose each database's restore chain (full, differential, logs) and report what blocks it."""
+    with _errors():
+        target = _target(stop_at, stop_at_lsn)
+        result = _scan(path, as_json)
+        p = select_databases(build_plan(path, result, all_engines(), target=target), database or [])
+        if as_json:
+            _emit_json(p.to_json())
+        else:
+            render.plan(out, p)
+        if has_errors(p.all_findings()):
+            raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command()
+def version() -> None:
+    """Print Ferry's version."""
+    out.print(f"ferry {__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
