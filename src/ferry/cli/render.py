@@ -50,22 +50,19 @@ def findings(console: Console, items: Iterable[Finding], title: str = "Findings"
 
 def catalog(console: Console, cat: Catalog) -> None:
     table = Table(title=f"Backups in {cat.source}", title_justify="left")
-    for col in ("Database", "Server", "Full", "Diff", "Log", "Restorable from", "Restorable to", "To LSN"):
-        table.add_column(col, no_wrap=col not in ("Database", "Server"))
+    table.add_column("Database", min_width=10, overflow="fold")
+    table.add_column("Server", min_width=8, overflow="fold")
+    for col in ("Full", "Diff", "Log"):
+        table.add_column(col, justify="right")
+    table.add_column("Restorable", no_wrap=True)
     for db in cat.databases:
         counts = {"full": 0, "diff": 0, "log": 0}
         for b in db.backups:
             counts[b.kind] = counts.get(b.kind, 0) + 1
-        table.add_row(
-            db.name,
-            db.server,
-            str(counts["full"]),
-            str(counts["diff"]),
-            str(counts["log"]),
-            when(db.restorable_from),
-            when(db.restorable_to),
-            db.restorable_to_lsn or "-",
-        )
+        span = Text("no full backup", style="red")
+        if db.restorable_from:
+            span = Text(f"from {when(db.restorable_from)}\nto   {when(db.restorable_to)}")
+        table.add_row(db.name, db.server, str(counts["full"]), str(counts["diff"]), str(counts["log"]), span)
     console.print(table)
     console.print(
         f"{len(cat.databases)} database(s) in {cat.files_scanned} file(s); "
@@ -77,28 +74,27 @@ def catalog(console: Console, cat: Catalog) -> None:
 def plan(console: Console, p: Plan) -> None:
     for db in p.databases:
         status = Text("ready", style="green") if db.executable else Text("blocked", style="bold red")
-        head = Text(f"{db.name}", style="bold")
-        head.append(f" on {db.server}  ", style="")
+        head = Text(db.name, style="bold")
+        head.append(f" on {db.server}  ")
         head.append(status)
-        if db.restores_to:
-            head.append(f"  restores to {when(db.restores_to)}")
-        if db.restores_to_lsn:
-            head.append(f" (LSN {db.restores_to_lsn})")
+        if db.restores_to or db.restores_to_lsn:
+            head.append(f"  restores to {when(db.restores_to) if db.restores_to else ''}")
+            if db.restores_to_lsn:
+                head.append(f" (LSN {db.restores_to_lsn})")
         console.print(head)
+        # One row per step, the details on a second line: readable on an 80-column terminal, where a
+        # wide table of LSNs and dates would fold every cell.
+        table = Table(show_header=False, box=None, padding=(0, 1, 0, 2))
+        table.add_column(justify="right", style="dim")
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for i, s in enumerate(db.steps, 1):
+            detail = Text("\n".join(s.files))
+            detail.append(f"\nLSN {s.first_lsn} to {s.last_lsn}, finished {when(s.backup_finish)}", "dim")
+            if s.stop_at:
+                detail.append(f"\nstop at {s.stop_at}", "bold yellow")
+            table.add_row(str(i), s.kind.value, detail)
         if db.steps:
-            table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2, 0, 2))
-            for col in ("#", "Step", "Files", "First LSN", "Last LSN", "Finished", "Stop at"):
-                table.add_column(col, overflow="fold")
-            for i, s in enumerate(db.steps, 1):
-                table.add_row(
-                    str(i),
-                    s.kind.value,
-                    "\n".join(s.files),
-                    s.first_lsn,
-                    s.last_lsn,
-                    when(s.backup_finish),
-                    s.stop_at or "",
-                )
             console.print(table)
         findings(console, db.findings, title="  findings")
         console.print()

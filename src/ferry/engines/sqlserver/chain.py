@@ -311,13 +311,19 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
     if goal is not None and not chosen.reached:
         findings.append(_unreachable(label, goal, ordered))
     last = chosen.end
-    reached_time = goal.time if goal is not None and chosen.reached else None
-    reached_lsn = goal.lsn if goal is not None and chosen.reached else None
+    restores_to: datetime | None = last.backup_finish
+    restores_to_lsn: int | None = last.last_lsn
+    if goal is not None and chosen.reached and chosen.steps[-1].stop_at is not None:
+        # The restore stops inside the last log. Only the coordinate that was asked for is known; the
+        # other one is learnt from the target after the restore, so none is printed rather than the
+        # log's end, which the restore does not reach.
+        restores_to = goal.time
+        restores_to_lsn = goal.lsn
     return Chain(
         steps=chosen.steps,
         findings=tuple(findings),
-        restores_to=reached_time or last.backup_finish,
-        restores_to_lsn=reached_lsn if reached_lsn is not None else last.last_lsn,
+        restores_to=restores_to,
+        restores_to_lsn=restores_to_lsn,
     )
 
 

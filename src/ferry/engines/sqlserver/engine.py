@@ -54,7 +54,7 @@ class SqlServerEngine:
                     details=_details(backups),
                 )
             )
-        return out, findings
+        return sorted(out, key=lambda d: (d.name.casefold(), d.server.casefold())), findings
 
     def plan(
         self, sets: Sequence[object], target: RecoveryTarget | None
@@ -78,7 +78,7 @@ class SqlServerEngine:
                     ),
                 )
             )
-        return plans, findings
+        return sorted(plans, key=lambda d: (d.name.casefold(), d.server.casefold())), findings
 
 
 def _backup_sets(sets: Sequence[object]) -> list[BackupSet]:
