@@ -28,7 +28,7 @@ from ferry.engines.registry import all_engines
 from ferry.pipeline.catalog import build_catalog, build_plan, select_databases
 from ferry.pipeline.discover import ScanResult, scan
 from ferry.stores.local import LocalStore
-from ferry.stores.registry import open_store
+from ferry.stores.registry import open_location
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -106,9 +106,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], N
 
 
 def _scan(location: str, quiet: bool) -> ScanResult:
-    store = open_store(location)
+    store, prefix = open_location(location)
     with _progress(f"Reading backup headers in {location}", quiet) as update:
-        return scan(store, all_engines(), progress=update)
+        return scan(store, all_engines(), prefix, progress=update)
 
 
 @app.command()

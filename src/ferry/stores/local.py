@@ -86,7 +86,7 @@ class LocalStore:
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         start = self._path(prefix) if prefix else self.root
-        if start.is_file():
+        if prefix and start.is_file():
             yield self._info(prefix, start)
             return
         # os.walk with scandir: one stat per file, sorted for stable output. Unreadable folders are skipped

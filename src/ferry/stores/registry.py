@@ -10,6 +10,15 @@ from ferry.stores.base import BackupStore
 from ferry.stores.local import LocalStore
 
 
+def open_location(location: str) -> tuple[BackupStore, str]:
+    """The store and the prefix inside it for `location`. A single local file is its folder's store with
+    the file's name as prefix, so a scan of one file works like a scan of a folder."""
+    store = open_store(location)
+    if isinstance(store, LocalStore) and store.root.is_file():
+        return LocalStore(store.root.parent), store.root.name
+    return store, ""
+
+
 def open_store(location: str) -> BackupStore:
     """A store for `location`, a URL or a local path. Raises UsageError naming what is wrong."""
     parsed = urlparse(location)

@@ -1,0 +1,71 @@
+"""Discovery on real files in temporary folders: what each kind of bad file becomes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ferry.core.findings import Severity
+from ferry.engines.registry import all_engines
+from ferry.pipeline.discover import scan
+from ferry.stores.local import LocalFileReader, LocalStore
+
+
+def _by_key(root: Path) -> dict[str, tuple[str, Severity] | None]:
+    result = scan(LocalStore(root), all_engines())
+    return {f.info.key: (f.finding.code, f.finding.severity) if f.finding else None for f in result.files}
+
+
+def test_foreign_and_empty_files(tmp_path: Path) -> None:
+    (tmp_path / "README.txt").write_text("notes")
+    (tmp_path / "nightly.bak").write_bytes(b"PK\x03\x04" + bytes(100))
+    (tmp_path / "empty.trn").write_bytes(b"")
+    (tmp_path / "fake.bak").write_bytes(b"TAPE" + bytes(1000))
+    got = _by_key(tmp_path)
+    assert got["README.txt"] == ("not-a-backup", Severity.INFO)
+    assert got["nightly.bak"] == ("not-a-backup", Severity.WARNING)
+    assert got["empty.trn"] == ("empty-file", Severity.WARNING)
+    assert got["fake.bak"] == ("backup-unreadable", Severity.ERROR)
+
+
+def _sample(corpus: Path) -> bytes:
+    return (corpus / "sql2008-backups" / "StopAt" / "StopAt_1.trn").read_bytes()
+
+
+def test_truncated_backup_is_a_warning_with_the_offset(tmp_path: Path, corpus: Path) -> None:
+    data = _sample(corpus)
+    (tmp_path / "cut.trn").write_bytes(data[: len(data) // 2])
+    result = scan(LocalStore(tmp_path), all_engines())
+    [f] = result.files
+    assert f.finding is not None and f.finding.code == "backup-truncated"
+    assert f.finding.severity is Severity.WARNING
+    assert "'cut.trn'" in f.finding.message and f"at byte {len(data) // 2}" in f.finding.message
+    assert "next scan" in f.finding.hint
+
+
+class GrowingStore(LocalStore):
+    """A real local folder whose files grow while they are read, as a backup being written does."""
+
+    def open(self, key: str) -> LocalFileReader:
+        reader = super().open(key)
+        with open(self._path(key), "ab") as f:
+            f.write(bytes(4096))
+        return reader
+
+
+def test_file_still_being_written_is_set_aside(tmp_path: Path, corpus: Path) -> None:
+    data = _sample(corpus)
+    (tmp_path / "growing.trn").write_bytes(data)
+    result = scan(GrowingStore(tmp_path), all_engines())
+    [f] = result.files
+    assert f.finding is not None and f.finding.code == "file-changing"
+    assert f.sets == ()
+    # Once the writer is done, the next scan reads it.
+    os.truncate(tmp_path / "growing.trn", len(data))
+    [again] = scan(LocalStore(tmp_path), all_engines()).files
+    assert again.finding is None and again.sets
+
+
+def test_bytes_read_stay_small(corpus: Path) -> None:
+    result = scan(LocalStore(corpus / "sql2008-backups"), all_engines())
+    assert result.files and all(f.bytes_read <= 64 * 1024 for f in result.files)
