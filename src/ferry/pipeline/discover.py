@@ -7,7 +7,6 @@ so its headers are set aside for the next scan.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,11 +58,11 @@ def scan(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> ScanResult:
-    """Read every object below `prefix`. Reads overlap on `workers` threads: stores answer with latency
-    (a share, an object store), and the readers release the GIL while they wait."""
+    """Read every object below `prefix`. Reads overlap on `workers` threads (by default as many as the
+    store asks for): remote stores answer with latency, and readers release the GIL while they wait."""
     objects: Iterator[ObjectInfo] = store.iter_objects(prefix)
     result = ScanResult()
-    count = workers if workers is not None else min(16, (os.cpu_count() or 2) * 4)
+    count = workers if workers is not None else store.capabilities.parallel_reads
 
     def one(info: ObjectInfo) -> FileResult:
         return read_object(store, engines, info)

@@ -26,6 +26,9 @@ class StoreCapabilities:
     ranged_reads: bool = True
     etags: bool = False
     writable: bool = False
+    # How many reads a scan should keep in flight. A local disk answers in microseconds and parsing is
+    # CPU-bound, so threads only add GIL contention; a share or an object store answers in milliseconds.
+    parallel_reads: int = 1
 
 
 class RangeReader(Protocol):

@@ -41,11 +41,14 @@ class FormatProblem(Exception):
 
 
 def xor16(data: bytes | memoryview, words: int) -> int:
-    """XOR of the first `words` little-endian u16 words: MTF's header checksum."""
-    acc = 0
-    for (w,) in struct.iter_unpack("<H", data[: words * 2]):
-        acc ^= w
-    return acc
+    """XOR of the first `words` little-endian u16 words: MTF's header checksum. Folding one big integer in
+    halves (aligned to 16 bits) costs a handful of operations instead of a Python loop per word."""
+    n = int.from_bytes(data[: words * 2], "little")
+    bits = 16 << max(0, words - 1).bit_length()
+    while bits > 16:
+        bits //= 2
+        n = (n >> bits) ^ (n & ((1 << bits) - 1))
+    return n
 
 
 @dataclass(frozen=True)
