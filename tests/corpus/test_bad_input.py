@@ -64,6 +64,14 @@ def _regions(tmp_path: Path, data: bytes) -> tuple[list[range], list[range]]:
     return checked, bulk
 
 
+def _flip(data: bytes, regions: list[range], pick: int, bit: int) -> bytes:
+    """`data` with one bit flipped inside one of `regions`, both chosen by `pick`."""
+    region = regions[pick % len(regions)]
+    damaged = bytearray(data)
+    damaged[region.start + pick // len(regions) % len(region)] ^= 1 << bit
+    return bytes(damaged)
+
+
 @pytest.mark.parametrize("rel", [*SAMPLES, COMPRESSED])
 def test_truncated_copies_fail_with_the_offset(tmp_path: Path, rel: str) -> None:
     data = _original(rel)
@@ -101,12 +109,8 @@ def test_flipped_bits_in_headers_are_caught(tmp_path: Path, rel: str) -> None:
     @_SETTINGS
     @given(pick=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
     def check(pick: int, bit: int) -> None:
-        region = guarded[pick % len(guarded)]
-        pos = region.start + pick // len(guarded) % len(region)
-        damaged = bytearray(data)
-        damaged[pos] ^= 1 << bit
         with pytest.raises(BackupFormatError) as info:
-            _read(tmp_path, bytes(damaged))
+            _read(tmp_path, _flip(data, guarded, pick, bit))
         assert "'copy.bak'" in str(info.value)
 
     check()
@@ -145,11 +149,7 @@ def test_flipped_bits_in_page_data_change_nothing(tmp_path: Path, rel: str) -> N
     @_SETTINGS
     @given(pick=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
     def check(pick: int, bit: int) -> None:
-        region = bulk[pick % len(bulk)]
-        pos = region.start + pick // len(bulk) % len(region)
-        damaged = bytearray(data)
-        damaged[pos] ^= 1 << bit
-        got = _read(tmp_path, bytes(damaged), "orig.bak")
+        got = _read(tmp_path, _flip(data, bulk, pick, bit), "orig.bak")
         assert got == expected
 
     check()
