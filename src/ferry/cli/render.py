@@ -6,11 +6,13 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from ferry.core.catalog import Catalog
 from ferry.core.findings import Finding, Severity
+from ferry.core.migration import MigrationStatus
 from ferry.core.plan import Plan
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -101,3 +103,46 @@ def plan(console: Console, p: Plan) -> None:
     findings(console, p.findings, title="Files")
     ready = sum(1 for d in p.databases if d.executable)
     console.print(f"{ready} of {len(p.databases)} database(s) ready to restore")
+
+
+def rate(bytes_per_second: float | None) -> str:
+    return "-" if not bytes_per_second else f"{size(int(bytes_per_second))}/s"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Panel:
+    """The live view of one migration: state, phase, bytes, throughput, replay position and lag, ETA."""
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("state", Text(status.state.value, style="bold"))
+    table.add_row("phase", status.phase)
+    if status.bytes_total:
+        pct = 100 * status.bytes_done / status.bytes_total if status.bytes_total else 0
+        table.add_row("progress", f"{size(status.bytes_done)} of {size(status.bytes_total)} ({pct:.0f}%)")
+    elif status.bytes_done:
+        table.add_row("progress", size(status.bytes_done))
+    table.add_row("throughput", rate(status.throughput))
+    if status.current_file:
+        table.add_row("file", status.current_file)
+    table.add_row("source at", status.source_position or "-")
+    table.add_row("target at", status.target_position or "-")
+    lag = "-"
+    if status.lag_bytes is not None:
+        lag = f"{size(status.lag_bytes)}, {duration(status.lag_seconds)}"
+    table.add_row("lag", lag)
+    table.add_row("pending", f"{status.pending_files} WAL file(s), {size(status.pending_bytes)}")
+    table.add_row("cutover would take", duration(status.cutover_estimate_seconds))
+    if status.blocked_reason:
+        table.add_row("blocked", Text(status.blocked_reason, style="bold red"))
+    subtitle = Text(hint, style="dim") if hint else None
+    return Panel(table, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
