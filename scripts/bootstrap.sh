@@ -6,12 +6,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.ferry-installed"
 
-if [[ -f "$stamp" && "$stamp" -nt "$root/pyproject.toml" && -x "$venv/bin/ferry" ]]; then
-  exit 0
-fi
-
 python=""
-for candidate in python3.13 python3.12 python3.11 python3; do
+# The system's Python first: PostgreSQL's processes run Ferry (archive_command, restore_command) as an
+# unprivileged user, who cannot execute an interpreter kept under /root (pyenv and the like).
+for candidate in /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11 /usr/bin/python3 \
+                 python3.13 python3.12 python3.11 python3; do
   if command -v "$candidate" >/dev/null 2>&1 &&
      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     python="$candidate"; break
@@ -24,6 +23,12 @@ if [[ -z "$python" ]]; then
   else
     echo "ferry: needs Python 3.11 or newer (apt-get install python3 python3-venv)" >&2; exit 2
   fi
+fi
+
+python="$(command -v "$python")"
+if [[ -f "$stamp" && "$stamp" -nt "$root/pyproject.toml" && -x "$venv/bin/ferry" &&
+      "$(cat "$stamp")" == "$python" ]]; then
+  exit 0
 fi
 
 if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
@@ -45,4 +50,4 @@ if ! { "$venv/bin/python" -m pip install --upgrade pip &&
   echo "ferry: installing Python packages failed; the whole log is in $log" >&2
   exit 2
 fi
-touch "$stamp"
+echo "$python" > "$stamp"

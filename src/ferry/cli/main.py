@@ -253,6 +253,88 @@ def plan(
 
 
 @app.command()
+def migrate(
+    source: Annotated[str, typer.Argument(help="Store folder of one PostgreSQL source: base backup + WAL.")],
+    to: Annotated[str, typer.Option("--to", help="Target folder Ferry creates and owns on this host.")],
+    online: Annotated[
+        bool, typer.Option("--online/--offline", help="Keep replaying until cutover, or restore and promote.")
+    ] = True,
+    port: Annotated[int | None, typer.Option(help="Port of the target server (default: a free one).")] = None,
+    os_user: Annotated[
+        str | None, typer.Option(help="OS user the target server runs as when Ferry runs as root.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Migrate a PostgreSQL source onto a new server from its backups; online until `ferry cutover`."""
+    from ferry.cli.live import run_migration, target_path
+    from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
+
+    with _errors():
+        spec = MigrationSpec(source, target_path(to), online=online, port=port, os_user=os_user)
+        try:
+            result = run_migration(spec, err if as_json else out, f"migrating {source} to {spec.target}")
+        except MigrationBlocked as exc:
+            render.findings(err, exc.findings)
+            raise _fail(exc, EXIT_FINDINGS) from None
+        except KeyboardInterrupt:
+            err.print("stopped; the target server keeps running. Run the same command again to resume.")
+            raise typer.Exit(EXIT_FINDINGS) from None
+        if as_json:
+            _emit_json(result.to_json())
+        else:
+            render.migration_result(out, result)
+
+
+@app.command()
+def cutover(
+    target: Annotated[str, typer.Argument(help="The target folder given to `ferry migrate --to`.")],
+    final_lsn: Annotated[
+        str | None, typer.Option(help="Replay at least to this LSN (X/Y) before promoting.")
+    ] = None,
+    source_dsn: Annotated[
+        str | None, typer.Option(help="Connection string of the source: Ferry closes its last WAL segment.")
+    ] = None,
+) -> None:
+    """Ask a running `ferry migrate` to cut over: replay to the end, promote, verify writes."""
+    from ferry.cli.live import target_path
+    from ferry.engines.postgres.cutover import request_cutover
+    from ferry.engines.postgres.wal import parse_lsn
+
+    with _errors():
+        root = target_path(target)
+        if not (root / "ferry-target.json").exists():
+            raise UsageError(
+                f"'{root}' is not a Ferry target folder", "give the folder of `ferry migrate --to`"
+            )
+        if final_lsn:
+            try:
+                parse_lsn(final_lsn)
+            except ValueError as exc:
+                raise UsageError(str(exc), "SELECT pg_switch_wal() on the source prints one") from None
+        request_cutover(root, final_lsn, source_dsn)
+        out.print(f"cutover requested for {root}; `ferry migrate` carries it out and reports the downtime")
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        str | None, typer.Option("--dir", help="Folder for everything the demo makes (default: a new one).")
+    ] = None,
+    scale: Annotated[int, typer.Option(help="pgbench scale: about 15 MB of data per unit.")] = 10,
+    online_seconds: Annotated[
+        float, typer.Option(help="How long to keep replaying online, caught up, before the cutover.")
+    ] = 10.0,
+) -> None:
+    """Run a whole online PostgreSQL migration on this machine and verify it: source, backups, target."""
+    from ferry.cli.demo import run_demo
+
+    with _errors():
+        result = run_demo(out, Path(folder).resolve() if folder else None, scale, online_seconds)
+        if result.differences:
+            raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command()
 def version() -> None:
     """Print Ferry's version."""
     out.print(f"ferry {__version__}")

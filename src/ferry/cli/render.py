@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.panel import Panel
@@ -14,6 +15,9 @@ from ferry.core.catalog import Catalog
 from ferry.core.findings import Finding, Severity
 from ferry.core.migration import MigrationStatus
 from ferry.core.plan import Plan
+
+if TYPE_CHECKING:
+    from ferry.engines.postgres.migration import MigrationResult
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -146,3 +150,20 @@ def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Pane
         table.add_row("blocked", Text(status.blocked_reason, style="bold red"))
     subtitle = Text(hint, style="dim") if hint else None
     return Panel(table, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
+
+
+def migration_result(console: Console, result: MigrationResult) -> None:
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("result", Text(result.state, style="bold green"))
+    table.add_row("target", f"{result.target} (port {result.port})")
+    table.add_row("connect", f"psql -h {result.target}/run -p {result.port} -U postgres")
+    speed = result.restored_bytes / result.restore_seconds if result.restore_seconds else None
+    table.add_row(
+        "base backup", f"{size(result.restored_bytes)} in {duration(result.restore_seconds)} ({rate(speed)})"
+    )
+    table.add_row("WAL replayed", f"{size(result.replayed_bytes)} in {duration(result.replay_seconds)}")
+    table.add_row("final LSN", result.final_lsn or "end of the archive")
+    table.add_row("downtime", duration(result.downtime_seconds))
+    console.print(table)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ferry.engines.base import Engine
+from ferry.engines.postgres.engine import PostgresEngine
 from ferry.engines.sqlserver.engine import SqlServerEngine
 
 
 def all_engines() -> list[Engine]:
-    return [SqlServerEngine()]
+    return [SqlServerEngine(), PostgresEngine()]

@@ -106,8 +106,19 @@ def run(cmd: Sequence[str], user: OsUser | None, *, timeout: float = 120, check:
     if user is not None:
         kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
     full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
-    done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd="/", **kwargs)  # fmt: skip
+    try:
+        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=full_env,
+                              cwd="/", **kwargs)  # fmt: skip
+    except OSError as exc:
+        who = f" as OS user '{user.name}'" if user else ""
+        raise ClusterError(
+            f"cannot run {cmd[0]}{who}: {exc.strerror}",
+            "every folder on the way to it must be readable and searchable by that user",
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(
+            f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s", "see the server log for details"
+        ) from None
     if check and done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise ClusterError(

@@ -106,3 +106,9 @@ def _previous_segment(name: str) -> str:
     if seg is None or seg.segno == 0:
         return name
     return SegmentName(seg.timeline, seg.segno - 1).name()
+
+
+def run_pgbench_init(cluster: Cluster, scale: int, dbname: str = "postgres") -> None:
+    """pgbench's tables at `scale` (about 15 MB of data per unit), with primary keys."""
+    run([cluster.binaries.tool("pgbench"), "-i", "-s", str(scale), "-q", "-h", str(cluster.socket_dir),
+         "-p", str(cluster.port), "-U", "postgres", dbname], cluster.user, timeout=3600)  # fmt: skip

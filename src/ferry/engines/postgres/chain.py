@@ -1,0 +1,920 @@
+"""Restore chains for PostgreSQL: which base backup and which WAL segments restore each source cluster, along
+which timelines, and what stands in the way (as findings).
+
+A source is one cluster, known by its system identifier (pg_control's first field, repeated in every WAL
+segment's long page header): standbys and restored copies share it, an initdb makes a new one. Files of
+two systems are never mixed.
+
+The rules are PostgreSQL's own archive recovery:
+
+- A base backup is usable once the WAL from its START WAL LOCATION to the end of the backup (the
+  manifest's WAL-Ranges End-LSN, or STOP WAL LOCATION of its backup history file) can be replayed: the
+  backup is only consistent there.
+- Recovery then asks for segments one after another. With recovery_target_timeline = 'latest' it follows
+  the newest timeline whose history (NNNNNNNN.history) leads back to the backup's timeline, and for each
+  segment it takes the newest timeline on that path that had begun by then (XLogFileReadAnyTLI): the
+  segment holding a switch point is read from the child timeline.
+- Recovery ends at the first segment it cannot get. Segments found later on the same path are a gap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from posixpath import dirname
+from typing import TypeVar
+
+from ferry.core.findings import Finding, Severity
+from ferry.engines.postgres.reader import (
+    BackupHistoryFile,
+    BackupManifest,
+    BaseBackupTar,
+    TablespaceTar,
+    TimelineHistory,
+    UnknownTar,
+    WalSegment,
+    WalTar,
+    manifest_matches,
+)
+from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, SegmentName, format_lsn
+
+_LISTED = 6  # names spelled out in a message before "and N more"
+
+
+# -- grouping -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """One base backup: its main tar and what belongs to it, linked by content (see `group_sources`)."""
+
+    tar: BaseBackupTar
+    manifest: BackupManifest | None = None
+    history: BackupHistoryFile | None = None
+    tablespaces: tuple[TablespaceTar, ...] = ()
+    wal_tars: tuple[WalTar, ...] = ()
+    missing_tablespaces: tuple[int, ...] = ()
+
+    @property
+    def start_lsn(self) -> int:
+        return self.tar.label.start_lsn
+
+    @property
+    def timeline(self) -> int:
+        return self.tar.label.start_timeline
+
+    @property
+    def end_lsn(self) -> int | None:
+        """Where the backup becomes consistent, when known."""
+        if self.manifest is not None:
+            return self.manifest.end_lsn
+        if self.history is not None:
+            return self.history.label.stop_lsn
+        return None
+
+    @property
+    def consistent_at(self) -> int:
+        return self.end_lsn if self.end_lsn is not None else self.start_lsn
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        parts = [self.tar.key, *(t.key for t in self.tablespaces), *(w.key for w in self.wal_tars)]
+        if self.manifest is not None:
+            parts.append(self.manifest.key)
+        return tuple(parts)
+
+    @property
+    def size(self) -> int:
+        parts = [self.tar.size, *(t.size for t in self.tablespaces), *(w.size for w in self.wal_tars)]
+        return sum(parts) + (self.manifest.size if self.manifest is not None else 0)
+
+    @property
+    def embedded(self) -> frozenset[SegmentName]:
+        """Segments shipped with the backup (`-X fetch` in the base tar, `-X stream` in pg_wal.tar)."""
+        sysid = self.tar.system_identifier
+        headers = [*self.tar.embedded_wal, *(h for w in self.wal_tars for h in w.segments)]
+        return frozenset(h.segment for h in headers if h.system_identifier == sysid)
+
+    @property
+    def sort_key(self) -> tuple[int, int, str]:
+        return (self.start_lsn, self.timeline, self.tar.key)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Everything the store holds of one cluster."""
+
+    system_identifier: int
+    bases: tuple[BaseBackup, ...] = ()  # oldest first
+    segments: tuple[WalSegment, ...] = ()  # one file per (timeline, segment), in order
+    histories: tuple[TimelineHistory, ...] = ()  # one per timeline
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    findings: tuple[Finding, ...] = ()  # about its files: names, copies, parts that do not fit
+    partials: tuple[WalSegment, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"system {self.system_identifier}"
+
+    @property
+    def timelines(self) -> tuple[int, ...]:
+        found = {s.header.timeline for s in self.segments}
+        found |= {h.timeline for h in self.histories}
+        found |= {b.timeline for b in self.bases}
+        return tuple(sorted(found))
+
+    def history(self, timeline: int) -> TimelineHistory | None:
+        return next((h for h in self.histories if h.timeline == timeline), None)
+
+
+def _folder(key: str) -> str:
+    return dirname(key) or "."
+
+
+def _names(keys: Sequence[str]) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:_LISTED])
+    return shown + (f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
+
+
+def group_sources(items: Iterable[object]) -> tuple[list[Source], list[Finding]]:
+    """Split what a scan read into sources (one per system identifier) and link each base backup's parts.
+    Returns the sources, sorted by system identifier, and findings about files that belong to none."""
+    tars: list[BaseBackupTar] = []
+    segments: list[WalSegment] = []
+    manifests: list[BackupManifest] = []
+    histories: list[TimelineHistory] = []
+    backup_histories: list[BackupHistoryFile] = []
+    tablespaces: list[TablespaceTar] = []
+    wal_tars: list[WalTar] = []
+    findings: list[Finding] = []
+    for item in items:
+        if isinstance(item, BaseBackupTar):
+            tars.append(item)
+        elif isinstance(item, WalSegment):
+            segments.append(item)
+        elif isinstance(item, BackupManifest):
+            manifests.append(item)
+        elif isinstance(item, TimelineHistory):
+            histories.append(item)
+        elif isinstance(item, BackupHistoryFile):
+            backup_histories.append(item)
+        elif isinstance(item, TablespaceTar):
+            tablespaces.append(item)
+        elif isinstance(item, WalTar):
+            wal_tars.append(item)
+        elif isinstance(item, UnknownTar):
+            findings.append(
+                Finding(
+                    "not-a-backup",
+                    Severity.INFO,
+                    f"'{item.key}' is a tar archive but holds no PostgreSQL base backup, WAL or tablespace; "
+                    "skipped",
+                    "move files that are not backups out of the backup folder, or ignore this note",
+                    (item.key,),
+                )
+            )
+    sysids = sorted({t.system_identifier for t in tars} | {s.header.system_identifier for s in segments})
+    findings.extend(_foreign_systems(tars, segments, wal_tars))
+    used: set[str] = set()
+    sources = []
+    for sysid in sysids:
+        own_tars = sorted((t for t in tars if t.system_identifier == sysid), key=lambda t: t.key)
+        own_segments = [s for s in segments if s.header.system_identifier == sysid]
+        source_findings: list[Finding] = []
+        bases = _link_bases(
+            own_tars, manifests, backup_histories, tablespaces, wal_tars, used, source_findings
+        )
+        chosen, partials, seg_findings = _choose_segments(sysid, own_segments)
+        source_findings.extend(seg_findings)
+        sizes = Counter(s.header.segment_size for s in chosen)
+        source = Source(
+            system_identifier=sysid,
+            bases=tuple(sorted(bases, key=lambda b: b.sort_key)),
+            segments=tuple(chosen),
+            segment_size=sizes.most_common(1)[0][0] if sizes else DEFAULT_SEGMENT_SIZE,
+            findings=tuple(source_findings),
+            partials=tuple(partials),
+        )
+        own_histories = _histories_for(source, histories)
+        used.update(h.key for h in own_histories)
+        sources.append(replace(source, histories=own_histories))
+    findings.extend(_orphans(manifests, tablespaces, wal_tars, histories, used))
+    return sources, findings
+
+
+def _foreign_systems(
+    tars: Sequence[BaseBackupTar], segments: Sequence[WalSegment], wal_tars: Sequence[WalTar]
+) -> list[Finding]:
+    """A folder holding files of several systems: Ferry keeps them apart, but two clusters archiving into one
+    folder overwrite each other's segments of the same name, so it deserves a warning."""
+    by_folder: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for t in tars:
+        by_folder[_folder(t.key)][t.system_identifier].append(t.key)
+    for s in segments:
+        by_folder[_folder(s.key)][s.header.system_identifier].append(s.key)
+    for w in wal_tars:
+        if w.segments:
+            by_folder[_folder(w.key)][w.segments[0].system_identifier].append(w.key)
+    out = []
+    for folder, systems in sorted(by_folder.items()):
+        if len(systems) < 2:
+            continue
+        owner = max(systems, key=lambda s: (len(systems[s]), -s))
+        for sysid, keys in sorted(systems.items()):
+            if sysid == owner:
+                continue
+            keys = sorted(keys)
+            out.append(
+                Finding(
+                    "foreign-system",
+                    Severity.WARNING,
+                    f"folder '{folder}' holds {len(systems[owner])} file(s) of system {owner} and "
+                    f"{len(keys)} of another cluster, system {sysid}: {_names(keys)}; Ferry plans each "
+                    "system separately and never mixes their files",
+                    "give each cluster its own archive folder: clusters archiving into one folder "
+                    "overwrite each other's segments of the same name",
+                    tuple(keys),
+                )
+            )
+    return out
+
+
+def _link_bases(
+    tars: Sequence[BaseBackupTar],
+    manifests: Sequence[BackupManifest],
+    backup_histories: Sequence[BackupHistoryFile],
+    tablespaces: Sequence[TablespaceTar],
+    wal_tars: Sequence[WalTar],
+    used: set[str],
+    findings: list[Finding],
+) -> list[BaseBackup]:
+    """Each base tar with its manifest, backup history file, tablespace tars and WAL tar. The same backup
+    found twice (a copy in another folder) is used once."""
+    out: dict[tuple[int, int, bytes], BaseBackup] = {}
+    copies: dict[tuple[int, int, bytes], list[str]] = defaultdict(list)
+    for tar in tars:
+        folder = _folder(tar.key)
+        manifest = _pick(folder, [m for m in manifests if _manifest_fits(m, tar)])
+        history = _pick(
+            folder,
+            [
+                h
+                for h in backup_histories
+                if h.label.start_lsn == tar.label.start_lsn
+                and h.label.start_timeline == tar.label.start_timeline
+                and h.label.start_time == tar.label.start_time
+                and h.label.label == tar.label.label
+            ],
+        )
+        ts, missing = _link_tablespaces(tar, manifest, tablespaces)
+        wal = _pick(
+            folder,
+            [
+                w
+                for w in wal_tars
+                if any(
+                    h.system_identifier == tar.system_identifier
+                    and h.timeline == tar.label.start_timeline
+                    and h.start_lsn <= tar.label.start_lsn < h.end_lsn
+                    for h in w.segments
+                )
+            ],
+        )
+        base = BaseBackup(tar, manifest, history, ts, (wal,) if wal else (), missing)
+        # Every copy's parts are accounted for, so that a copy's manifest is not reported as an orphan.
+        used.update(base.files)
+        if base.history is not None:
+            used.add(base.history.key)
+        key = (tar.label.start_lsn, tar.label.start_timeline, tar.label_raw)
+        copies[key].append(tar.key)
+        best = out.get(key)
+        if best is None or _copy_rank(base) < _copy_rank(best):
+            out[key] = base
+    for key, base in out.items():
+        others = [k for k in copies[key] if k != base.tar.key]
+        if others:
+            findings.append(
+                Finding(
+                    "duplicate-backup",
+                    Severity.INFO,
+                    f"base backup '{base.tar.key}' of system {base.tar.system_identifier} is also stored as "
+                    f"{_names(others)}; Ferry uses '{base.tar.key}'",
+                    "nothing to do; remove the extra copies if they are not needed",
+                    tuple(others),
+                )
+            )
+    return list(out.values())
+
+
+def _copy_rank(base: BaseBackup) -> tuple[bool, int, bool, str]:
+    """Of two copies of one backup: the one with its manifest, then with its tablespace tars, then plain
+    over compressed (no decompression to restore it), then the first by name."""
+    return (
+        base.manifest is None,
+        len(base.missing_tablespaces),
+        base.tar.compression != "none",
+        base.tar.key,
+    )
+
+
+_Part = TypeVar("_Part", BackupManifest, BackupHistoryFile, WalTar)
+
+
+def _pick(folder: str, candidates: list[_Part]) -> _Part | None:
+    """Of several matching parts (copies), the one in the tar's folder, else the first by name."""
+    if not candidates:
+        return None
+    candidates.sort(key=lambda c: (_folder(c.key) != folder, c.key))
+    return candidates[0]
+
+
+def _manifest_fits(m: BackupManifest, tar: BaseBackupTar) -> bool:
+    """A manifest belongs to a tar when its WAL range starts at the label's START WAL LOCATION and its
+    entry for backup_label has the label's size and checksum (PostgreSQL 17 manifests also carry the
+    system identifier)."""
+    if m.start_lsn != tar.label.start_lsn or m.timeline != tar.label.start_timeline:
+        return False
+    if m.system_identifier is not None and m.system_identifier != tar.system_identifier:
+        return False
+    entry = m.file("backup_label")
+    return entry is not None and manifest_matches(entry, tar.label_raw) is not False
+
+
+def _link_tablespaces(
+    tar: BaseBackupTar, manifest: BackupManifest | None, tablespaces: Sequence[TablespaceTar]
+) -> tuple[tuple[TablespaceTar, ...], tuple[int, ...]]:
+    """Tablespace tars carry no OID and no system identifier. With a manifest, a tar belongs to OID n when
+    its first members appear with the same sizes under pg_tblspc/n/ in the manifest. Without one, the
+    tablespace tars in the base tar's folder whose PG_<major>_<catversion> folder matches are taken."""
+    version_dir = f"PG_{tar.major}_{tar.catalog_version}"
+    candidates = [t for t in tablespaces if t.version_dir == version_dir]
+    folder = _folder(tar.key)
+    wanted = set(tar.tablespace_oids)
+    if manifest is None:
+        chosen = sorted((t for t in candidates if _folder(t.key) == folder), key=lambda t: t.key)
+        return tuple(chosen[: len(wanted)]), tuple(sorted(wanted))[len(chosen) :]
+    per_oid: dict[int, dict[str, int]] = defaultdict(dict)
+    for f in manifest.files:
+        parts = f.path.split("/", 2)
+        if len(parts) == 3 and parts[0] == "pg_tblspc" and parts[1].isdigit():
+            per_oid[int(parts[1])][parts[2]] = f.size
+    wanted |= set(per_oid)
+    found: list[TablespaceTar] = []
+    missing: list[int] = []
+    for oid in sorted(wanted):
+        files = per_oid.get(oid, {})
+        if files:
+            fits = [t for t in candidates if t.sample and all(files.get(p) == s for p, s in t.sample)]
+        else:  # an empty tablespace: nothing to compare, its folder decides
+            fits = [t for t in candidates if not t.sample and _folder(t.key) == folder]
+        fits.sort(key=lambda t: (_folder(t.key) != folder, t.key))
+        if fits:
+            found.append(fits[0])
+        else:
+            missing.append(oid)
+    return tuple(found), tuple(missing)
+
+
+def _choose_segments(
+    sysid: int, segments: Sequence[WalSegment]
+) -> tuple[list[WalSegment], list[WalSegment], list[Finding]]:
+    """One file per segment. A file whose name says another segment than its header is an error (another
+    tool restoring by name would replay the wrong WAL); it is still placed by its header. `*.partial`
+    files (the unfinished last segment of a timeline) are never asked for by recovery."""
+    findings: list[Finding] = []
+    mismatched = sorted((s for s in segments if s.name_mismatch), key=lambda s: s.key)
+    for s in mismatched:
+        assert s.named_as is not None
+        findings.append(
+            Finding(
+                "wal-name-mismatch",
+                Severity.ERROR,
+                f"WAL file '{s.key}' of system {sysid} is named as segment "
+                f"{s.named_as.name(s.header.segment_size)} but its page header says segment {s.header.name} "
+                f"(timeline {s.header.timeline}, LSN {format_lsn(s.header.start_lsn)})",
+                "store each segment under its own name: rename the file to what its header says, or copy "
+                "the segment again from the server's archive",
+                (s.key,),
+            )
+        )
+    partials = sorted((s for s in segments if s.partial), key=lambda s: s.key)
+    by_segment: dict[SegmentName, list[WalSegment]] = defaultdict(list)
+    for s in segments:
+        if not s.partial:
+            by_segment[s.header.segment].append(s)
+    chosen: list[WalSegment] = []
+    spare: list[str] = []
+    # Prefer a copy under its own name, in the folder that holds most of the archive, then by name.
+    folders = Counter(_folder(s.key) for s in segments)
+    for name in sorted(by_segment):
+        copies = sorted(by_segment[name], key=lambda s: (s.name_mismatch, -folders[_folder(s.key)], s.key))
+        chosen.append(copies[0])
+        spare.extend(c.key for c in copies[1:])
+    if spare:
+        findings.append(
+            Finding(
+                "duplicate-segment",
+                Severity.INFO,
+                f"{len(spare)} WAL segment(s) of system {sysid} are stored more than once; Ferry uses one "
+                f"copy of each (extra copies: {_names(spare)})",
+                "nothing to do; remove the extra copies if they are not needed",
+                tuple(spare),
+            )
+        )
+    return chosen, partials, findings
+
+
+def _histories_for(source: Source, histories: Sequence[TimelineHistory]) -> tuple[TimelineHistory, ...]:
+    """History files carry no system identifier. One belongs to a source that has files on its timeline, or
+    (for a timeline whose segments are not archived yet) whose files share its folder and whose timelines
+    include its newest ancestor. Among copies, the one beside most of the source's segments wins."""
+    timelines = set(source.timelines)
+    folders = Counter(_folder(s.key) for s in source.segments)
+    folders.update(_folder(b.tar.key) for b in source.bases)
+    picked: dict[int, TimelineHistory] = {}
+    for h in sorted(histories, key=lambda h: (-folders.get(_folder(h.key), 0), h.key)):
+        if h.timeline in picked:
+            continue
+        if h.timeline in timelines or (_folder(h.key) in folders and h.entries[-1].parent in timelines):
+            picked[h.timeline] = h
+    return tuple(picked[t] for t in sorted(picked))
+
+
+def _orphans(
+    manifests: Sequence[BackupManifest],
+    tablespaces: Sequence[TablespaceTar],
+    wal_tars: Sequence[WalTar],
+    histories: Sequence[TimelineHistory],
+    used: set[str],
+) -> list[Finding]:
+    out = []
+    parts: list[tuple[str, str]] = [(m.key, "backup manifest") for m in manifests]
+    parts += [(t.key, "tablespace tar") for t in tablespaces]
+    parts += [(w.key, "WAL tar") for w in wal_tars]
+    for key, what in sorted(parts):
+        if key not in used:
+            out.append(
+                Finding(
+                    "backup-part-orphan",
+                    Severity.WARNING,
+                    f"{what} '{key}' belongs to no base backup in the scanned files",
+                    "its base backup tar (base.tar) is missing or damaged: copy it back, or remove the "
+                    "leftover parts",
+                    (key,),
+                )
+            )
+    for h in sorted(histories, key=lambda h: h.key):
+        if h.key not in used:
+            out.append(
+                Finding(
+                    "history-unused",
+                    Severity.INFO,
+                    f"timeline history file '{h.key}' (timeline {h.timeline}) matches no cluster's WAL in "
+                    "the scanned files",
+                    "nothing to do unless WAL of that timeline is expected here",
+                    (h.key,),
+                )
+            )
+    return out
+
+
+# -- timelines ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a timeline path: `timeline` from `begin_lsn` until `end_lsn` (None: open-ended)."""
+
+    timeline: int
+    begin_lsn: int
+    end_lsn: int | None
+
+
+def timeline_path(target: int, source: Source) -> tuple[Span, ...]:
+    """The path to `target` from its history file, oldest first. Without one (timeline 1, or a history file
+    that is missing), PostgreSQL assumes the timeline has no parents, and so does Ferry."""
+    history = source.history(target)
+    if history is None:
+        return (Span(target, 0, None),)
+    spans = []
+    begin = 0
+    for e in history.entries:
+        spans.append(Span(e.parent, begin, e.switch_lsn))
+        begin = e.switch_lsn
+    spans.append(Span(target, begin, None))
+    return tuple(spans)
+
+
+def timeline_for(path: Sequence[Span], segno: int, segment_size: int) -> int:
+    """The timeline recovery reads segment `segno` from: the newest on the path that had begun by then."""
+    for span in reversed(path):
+        if span.begin_lsn // segment_size <= segno:
+            return span.timeline
+    return path[0].timeline
+
+
+def _on_path(base: BaseBackup, path: Sequence[Span]) -> bool:
+    """The backup was taken on a timeline of the path, before that timeline's switch point: it must reach
+    consistency before recovery moves on to the child timeline."""
+    for span in path:
+        if span.timeline == base.timeline:
+            return span.begin_lsn <= base.start_lsn and (
+                span.end_lsn is None or base.consistent_at <= span.end_lsn
+            )
+    return False
+
+
+def describe_path(path: Sequence[Span]) -> str:
+    if len(path) == 1:
+        return f"timeline {path[0].timeline}"
+    hops = " -> ".join(
+        f"{s.timeline}" + (f" (until {format_lsn(s.end_lsn)})" if s.end_lsn is not None else "") for s in path
+    )
+    return f"timelines {hops}"
+
+
+# -- walking ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Contiguous segments of one timeline: one log step."""
+
+    timeline: int
+    segments: tuple[WalSegment, ...]
+
+    @property
+    def first_lsn(self) -> int:
+        return self.segments[0].header.start_lsn
+
+    @property
+    def last_lsn(self) -> int:
+        return self.segments[-1].header.end_lsn
+
+
+@dataclass(frozen=True)
+class Walk:
+    base: BaseBackup
+    path: tuple[Span, ...]
+    runs: tuple[Run, ...]
+    last_segno: int  # the last segment recovery can read (start segment - 1 if none)
+    missing: SegmentName | None  # the segment where recovery stops for want of a file
+    consistent: bool
+    reached: bool  # the LSN target was reached (always False without one)
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    @property
+    def end_lsn(self) -> int:
+        return (self.last_segno + 1) * self.segment_size
+
+    @property
+    def target_timeline(self) -> int:
+        return self.path[-1].timeline
+
+
+def walk(base: BaseBackup, path: tuple[Span, ...], source: Source, goal_lsn: int | None = None) -> Walk:
+    """Recovery from `base` along `path`: segment after segment, archive copies first (recovery asks
+    restore_command before looking in pg_wal), then the WAL shipped inside the backup. With `goal_lsn`
+    (recovery_target_lsn) it stops after the segment that holds the goal."""
+    size = source.segment_size
+    files = {s.header.segment: s for s in source.segments if s.header.segment_size == size}
+    embedded = base.embedded
+    start = base.start_lsn // size
+    goal_seg = goal_lsn // size if goal_lsn is not None else None
+    needed = (base.consistent_at - 1) // size if base.consistent_at > base.start_lsn else start
+    runs: list[Run] = []
+    current: list[WalSegment] = []
+    s = start
+    missing: SegmentName | None = None
+    while goal_seg is None or s <= goal_seg:
+        name = SegmentName(timeline_for(path, s, size), s)
+        seg = files.get(name)
+        if seg is None and name not in embedded:
+            missing = name
+            break
+        if seg is not None:
+            prev = current[-1].header if current else None
+            if prev is not None and (prev.timeline != name.timeline or prev.segno != s - 1):
+                runs.append(Run(prev.timeline, tuple(current)))
+                current = []
+            current.append(seg)
+        s += 1
+    if current:
+        runs.append(Run(current[-1].header.timeline, tuple(current)))
+    last = s - 1
+    consistent = last >= needed
+    reached = (
+        goal_lsn is not None
+        and goal_seg is not None
+        and consistent
+        and last >= goal_seg
+        and base.consistent_at <= goal_lsn
+    )
+    return Walk(base, path, tuple(runs), last, missing, consistent, reached, size)
+
+
+def later_on_path(w: Walk, source: Source) -> WalSegment | None:
+    """The first archived segment on the walk's path after the one it stopped at: proof of a gap."""
+    if w.missing is None:
+        return None
+    size = source.segment_size
+    after = [
+        seg
+        for seg in source.segments
+        if seg.header.segno > w.missing.segno
+        and seg.header.timeline == timeline_for(w.path, seg.header.segno, size)
+    ]
+    return min(after, key=lambda seg: seg.header.segno, default=None)
+
+
+# -- selection ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The chosen restore of one source. `walk` is None when no base backup can start one."""
+
+    source: Source
+    walk: Walk | None = None
+    findings: tuple[Finding, ...] = ()
+    stop_lsn: int | None = None  # recovery_target_lsn, when one was asked for and is reached
+
+    @property
+    def restores_to_lsn(self) -> int | None:
+        if self.walk is None or not self.walk.consistent:
+            return None
+        if self.stop_lsn is not None:
+            return self.stop_lsn
+        return max(self.walk.end_lsn, self.walk.base.consistent_at)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    walk: Walk
+    problems: tuple[Finding, ...] = field(default=())
+
+    @property
+    def usable(self) -> bool:
+        return self.walk.consistent and not self.walk.base.missing_tablespaces
+
+
+def best_target(base: BaseBackup, source: Source) -> tuple[Span, ...]:
+    """recovery_target_timeline = 'latest', among the timelines this backup can reach: the newest whose
+    path holds the backup."""
+    for tli in sorted(source.timelines, reverse=True):
+        path = timeline_path(tli, source)
+        if _on_path(base, path):
+            return path
+    return (Span(base.timeline, 0, None),)
+
+
+def select_chain(source: Source, goal_lsn: int | None = None) -> Chain:
+    """The restore chain of one source: the latest base backup that reaches the target (or, without one,
+    the one whose chain reaches furthest along the newest timeline), then WAL runs along its path."""
+    label = source.label
+    findings: list[Finding] = list(source.findings)
+    if not source.bases:
+        keys = [s.key for s in source.segments]
+        findings.append(
+            Finding(
+                "no-base-backup",
+                Severity.ERROR,
+                f"{label} has {len(keys)} WAL segment(s) ({_names(keys)}) but no base backup among the "
+                "scanned files",
+                "add the folder that holds its base backups (pg_basebackup -Ft output) to the scan, or take "
+                "a new base backup",
+                tuple(keys),
+            )
+        )
+        return Chain(source, None, tuple(findings))
+    candidates: list[_Candidate] = []
+    chosen: _Candidate | None = None
+    for base in sorted(source.bases, key=lambda b: b.sort_key, reverse=True):  # latest first
+        if goal_lsn is not None and base.consistent_at > goal_lsn:
+            continue
+        w = walk(base, best_target(base, source), source, goal_lsn)
+        cand = _Candidate(w, tuple(_base_problems(w, source)))
+        candidates.append(cand)
+        if goal_lsn is not None and cand.usable and w.reached:
+            chosen = cand
+            break
+    usable = [c for c in candidates if c.usable]
+    if chosen is None and usable:
+        # Furthest along the newest timeline; `max` keeps the first, i.e. latest, backup on ties.
+        chosen = max(usable, key=lambda c: (c.walk.target_timeline, c.walk.last_segno))
+    if chosen is None:
+        if candidates:  # the latest backup's problems say why nothing can be restored
+            findings.extend(candidates[0].problems)
+        if goal_lsn is not None:
+            findings.append(_unreachable(source, goal_lsn, None))
+        return Chain(source, None, tuple(findings))
+    for c in candidates:
+        if c.walk.base.sort_key > chosen.walk.base.sort_key and not c.usable:
+            findings.extend(_passed_over(p, chosen.walk.base) for p in c.problems)
+    findings.extend(chosen.problems)
+    w = chosen.walk
+    gap_after = later_on_path(w, source) if not (goal_lsn is not None and w.reached) else None
+    if gap_after is not None:
+        findings.append(_gap(source, w, gap_after))
+    findings.extend(_off_path(source, w))
+    if goal_lsn is not None and not w.reached:
+        findings.append(_unreachable(source, goal_lsn, w))
+    return Chain(source, w, tuple(findings), goal_lsn if w.reached else None)
+
+
+def _segment_names(names: Sequence[str]) -> str:
+    if len(names) <= _LISTED:
+        return ", ".join(names)
+    return f"{', '.join(names[:3])}, ... {names[-1]} ({len(names)} segments)"
+
+
+def _base_problems(w: Walk, source: Source) -> list[Finding]:
+    """Why this backup cannot be restored, if it cannot."""
+    base = w.base
+    out = []
+    if not w.consistent and w.missing is not None:
+        size = source.segment_size
+        needed_end = (
+            (base.consistent_at - 1) // size if base.consistent_at > base.start_lsn else w.missing.segno
+        )
+        names = [
+            SegmentName(timeline_for(w.path, n, size), n).name(size)
+            for n in range(w.missing.segno, needed_end + 1)
+        ]
+        out.append(
+            Finding(
+                "wal-missing-for-backup",
+                Severity.ERROR,
+                f"base backup '{base.tar.key}' of {source.label} needs the WAL from "
+                f"{format_lsn(base.start_lsn)} to {format_lsn(base.consistent_at)} to become consistent, "
+                f"but segment(s) {_segment_names(names)} are missing",
+                "copy the missing segments into the store (from the archive or the server's pg_wal), or "
+                "take the base backup with -X stream so that it carries its own WAL",
+                base.files,
+            )
+        )
+    if base.missing_tablespaces:
+        oids = ", ".join(str(o) for o in base.missing_tablespaces)
+        out.append(
+            Finding(
+                "tablespace-missing",
+                Severity.ERROR,
+                f"base backup '{base.tar.key}' of {source.label} has tablespace(s) {oids}, but their tar "
+                f"file(s) ({', '.join(f'{o}.tar' for o in base.missing_tablespaces)}) are not among the "
+                "scanned files",
+                "copy the tablespace tars that pg_basebackup wrote beside base.tar into the store",
+                base.files,
+            )
+        )
+    if base.end_lsn is None:
+        out.append(
+            Finding(
+                "backup-end-unknown",
+                Severity.INFO,
+                f"base backup '{base.tar.key}' of {source.label} has no backup_manifest and no backup "
+                "history file: Ferry cannot check that the WAL reaches the end of the backup",
+                "keep the backup_manifest pg_basebackup writes beside the tars, or archive WAL so the "
+                "server writes its .backup history file",
+                (base.tar.key,),
+            )
+        )
+    return out
+
+
+def _passed_over(problem: Finding, used: BaseBackup) -> Finding:
+    if problem.severity is not Severity.ERROR:
+        return problem
+    return Finding(
+        problem.code,
+        Severity.WARNING,
+        f"{problem.message}; Ferry restores the older base backup '{used.tar.key}' instead",
+        problem.hint,
+        problem.files,
+    )
+
+
+def _gap(source: Source, w: Walk, after: WalSegment) -> Finding:
+    assert w.missing is not None
+    size = source.segment_size
+    names = [
+        SegmentName(timeline_for(w.path, n, size), n).name(size)
+        for n in range(w.missing.segno, after.header.segno)
+    ]
+    before = w.runs[-1].segments[-1].key if w.runs else w.base.tar.key
+    return Finding(
+        "wal-gap",
+        Severity.ERROR,
+        f"WAL of {source.label} breaks after '{before}': segment(s) {_segment_names(names)} are missing "
+        f"before '{after.key}' (LSN {format_lsn(w.end_lsn)} to {format_lsn(after.header.start_lsn)}); "
+        f"the restore stops at {format_lsn(w.end_lsn)}",
+        "find the missing segments (the server's pg_wal, another archive copy) and put them in the store, "
+        "or take a new base backup",
+        (before, after.key),
+    )
+
+
+def _off_path(source: Source, w: Walk) -> list[Finding]:
+    """Segments the chain does not use because their timeline left the path: another branch, an ancestor
+    that went on after its child began (an old primary that kept running), or a timeline whose history
+    file is missing, so that Ferry cannot place it."""
+    spans = {s.timeline: s for s in w.path}
+    off: dict[int, list[WalSegment]] = defaultdict(list)
+    for seg in source.segments:
+        h = seg.header
+        span = spans.get(h.timeline)
+        # An ancestor's segment that holds WAL from before its switch point is on the path (the switch
+        # segment itself is read from the child, but its start is shared history); one that starts at or
+        # after the switch point is WAL the ancestor wrote after the branch.
+        if span is None or (span.end_lsn is not None and h.start_lsn >= span.end_lsn):
+            off[h.timeline].append(seg)
+    out = []
+    target = w.target_timeline
+    for tli, segs in sorted(off.items()):
+        keys = [s.key for s in segs]
+        span = spans.get(tli)
+        if span is None and tli > 1 and source.history(tli) is None:
+            out.append(
+                Finding(
+                    "history-missing",
+                    Severity.WARNING,
+                    f"{source.label} has {len(keys)} WAL segment(s) of timeline {tli} ({_names(keys)}) but "
+                    f"no history file {tli:08X}.history: Ferry cannot tell where timeline {tli} branched "
+                    f"off, so the plan does not follow it; it follows {describe_path(w.path)}",
+                    f"copy {tli:08X}.history from the pg_wal folder of the server that created timeline "
+                    f"{tli} into the store",
+                    tuple(keys),
+                )
+            )
+            continue
+        why = (
+            f"timeline {tli} went on after timeline {_child_of(w.path, tli)} branched off at "
+            f"{format_lsn(span.end_lsn)}"
+            if span is not None and span.end_lsn is not None
+            else f"timeline {tli} is not an ancestor of timeline {target}"
+        )
+        out.append(
+            Finding(
+                "timeline-fork",
+                Severity.WARNING,
+                f"{source.label}: {len(keys)} WAL segment(s) of timeline {tli} ({_names(keys)}) are not "
+                f"used: {why}; the plan follows {describe_path(w.path)}",
+                "Ferry follows the newest timeline, as recovery_target_timeline = 'latest' does; if "
+                f"timeline {tli} is the one to restore (timeline {target} may come from a test restore "
+                f"that archived into this store), move timeline {target}'s segments and its history file "
+                "out of the store",
+                tuple(keys),
+            )
+        )
+    return out
+
+
+def _child_of(path: Sequence[Span], tli: int) -> int:
+    for a, b in pairwise(path):
+        if a.timeline == tli:
+            return b.timeline
+    return tli
+
+
+def _unreachable(source: Source, goal_lsn: int, w: Walk | None) -> Finding:
+    bases = sorted(source.bases, key=lambda b: b.consistent_at)
+    if w is not None and w.consistent:
+        reach = (
+            f"its backups restore it to LSNs from {format_lsn(bases[0].consistent_at)} "
+            f"to {format_lsn(w.end_lsn)} on {describe_path(w.path)}"
+        )
+        hint = "choose an LSN inside that range, or scan again once the WAL holding it is archived"
+    elif bases:
+        reach = (
+            f"its earliest base backup becomes consistent at {format_lsn(bases[0].consistent_at)}, and no "
+            "usable chain reaches the LSN"
+        )
+        hint = "choose a later LSN, or add an older base backup to the scan"
+    else:
+        reach = "it has no base backup"
+        hint = "add the folder that holds its base backups to the scan"
+    return Finding(
+        "stop-at-unreachable",
+        Severity.ERROR,
+        f"cannot restore {source.label} to LSN {format_lsn(goal_lsn)}: {reach}",
+        hint,
+        (),
+    )
+
+
+def wal_runs(source: Source) -> list[Run]:
+    """All the source's segments as contiguous runs per timeline (for the catalog)."""
+    runs: list[Run] = []
+    current: list[WalSegment] = []
+    for seg in source.segments:  # sorted by (timeline, segno)
+        if current and (
+            current[-1].header.timeline != seg.header.timeline
+            or current[-1].header.segno != seg.header.segno - 1
+        ):
+            runs.append(Run(current[-1].header.timeline, tuple(current)))
+            current = []
+        current.append(seg)
+    if current:
+        runs.append(Run(current[-1].header.timeline, tuple(current)))
+    return runs
