@@ -123,6 +123,14 @@ class PgSource:
         self.wait_archived(name, timeout)
         return name
 
+    def switch_lsn(self, timeout: float = 60) -> str:
+        """Close the current segment, wait until it is archived, return the switch LSN (a cutover's final
+        LSN once writes have stopped)."""
+        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        lsn = str(self.sql("SELECT pg_switch_wal()")[0][0])
+        self.wait_archived(name, timeout)
+        return lsn
+
     def wait_archived(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
