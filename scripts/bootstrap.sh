@@ -41,6 +41,7 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
 fi
 
 echo "ferry: setting up $venv (first run only)" >&2
+"$root/scripts/system-deps.sh"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 log="$venv/install.log"
