@@ -16,9 +16,9 @@ import pytest
 
 from ferry.core.errors import FerryError, UsageError
 from ferry.core.migration import MigrationStatus, State
+from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.cutover import CutoverRequest
 from ferry.engines.postgres.migration import Migration, MigrationBlocked, MigrationSpec
-from ferry.engines.postgres.source import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
 from ferry.engines.postgres.verify import differences, fingerprints
 from tests.integration.pgsource import PgSource, make_root, require_postgres, start_source

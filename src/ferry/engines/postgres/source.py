@@ -5,10 +5,10 @@ Used by `ferry demo`, the benchmarks and the tests to build real sources."""
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from pathlib import Path
 
+from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.cluster import Cluster, ClusterError, chown_tree, run
 
 ARCHIVE_SETTINGS = {
@@ -17,13 +17,6 @@ ARCHIVE_SETTINGS = {
     # A segment that fills slowly is still archived within this time, so the target lags by at most it.
     "archive_timeout": "'60s'",
 }
-
-
-def ferry_command() -> list[str]:
-    """How PostgreSQL's processes should run Ferry: the `ferry` script next to this Python, if installed
-    there, else this Python with `-m ferry`."""
-    script = Path(sys.executable).with_name("ferry")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ferry"]
 
 
 def archive_command(store: Path) -> str:
