@@ -1,0 +1,119 @@
+"""The values and interfaces the service's parts share: the API and the CLI, the state store, the
+orchestrator that drives Temporal, and the activities that report progress.
+
+Nothing here does I/O. The state store (store.py) and the Temporal orchestrator (orchestrator.py) implement
+these protocols; the API depends on the protocols only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from ferry.core.migration import State
+
+Mode = Literal["online", "offline"]
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """What a user asks for: one source (a store folder of one database or cluster) onto one target."""
+
+    source: str  # store URL or path of the source's backups (one PostgreSQL cluster's folder)
+    target: str  # name of a target known to the service (its agent's task queue is derived from it)
+    mode: Mode = "online"
+    name: str | None = None  # unique; default derived from the source
+    last_backup: str | None = None  # offline only: stop after this file is restored (LRS "autocomplete")
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    id: str  # stable, URL-safe; also the Temporal workflow id
+    name: str
+    source: str
+    target: str
+    mode: Mode
+    state: State
+    last_backup: str | None
+    status: dict[str, Any]  # the latest MigrationStatus.to_json() reported by the activities
+    created_at: datetime
+    updated_at: datetime
+    error: str | None = None  # why it failed, when it did
+    attempt: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "target": self.target,
+            "mode": self.mode,
+            "state": self.state.value,
+            "last_backup": self.last_backup,
+            "status": self.status,
+            "error": self.error,
+            "attempt": self.attempt,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a migration's append-only log: a state change, or a step with its command and timing."""
+
+    migration_id: str
+    seq: int
+    at: datetime
+    kind: str  # "state", "step", "info", "error"
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "migration_id": self.migration_id,
+            "seq": self.seq,
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "message": self.message,
+            "data": self.data,
+        }
+
+
+class StateStore(Protocol):
+    def create(self, requests: list[MigrationRequest]) -> list[MigrationRecord]:
+        """All or nothing: a duplicate name or an unknown target rejects the whole batch (ValueError)."""
+        ...
+
+    def get(self, migration_id: str) -> MigrationRecord | None: ...
+
+    def find(self, state: State | None = None, target: str | None = None) -> list[MigrationRecord]: ...
+
+    def set_state(
+        self, migration_id: str, state: State, status: dict[str, Any] | None = None, error: str | None = None
+    ) -> MigrationRecord:
+        """Moves along core.migration.TRANSITIONS only; records a "state" event for every change."""
+        ...
+
+    def set_status(self, migration_id: str, status: dict[str, Any]) -> None:
+        """The latest progress snapshot (no event: progress is frequent)."""
+        ...
+
+    def append_event(
+        self, migration_id: str, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> Event: ...
+
+    def events(self, migration_id: str, after_seq: int = 0) -> list[Event]: ...
+
+
+class Orchestrator(Protocol):
+    """Drives the durable workflows. Every call returns once Temporal has accepted it."""
+
+    async def start(self, records: list[MigrationRecord]) -> None: ...
+
+    async def cutover(self, migration_id: str, final_lsn: str | None = None) -> None: ...
+
+    async def cancel(self, migration_id: str) -> None: ...
+
+    async def retry(self, migration_id: str) -> None: ...
