@@ -281,10 +281,6 @@ def test_plan_to_an_lsn(pg: Scenario) -> None:
     assert not db["executable"] and "stop-at-unsupported" in _codes(db["findings"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SqlServerEngine.plan parses --stop-at-lsn in its own form before looking at its (empty) sets",
-)
 def test_plan_to_an_lsn_through_the_cli(pg: Scenario) -> None:
     code, _, err = ferry("plan", str(pg.linear), "--stop-at-lsn", pg.mid_lsn, "--json")
     assert code == 0, err

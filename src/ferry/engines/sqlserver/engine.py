@@ -59,8 +59,10 @@ class SqlServerEngine:
     def plan(
         self, sets: Sequence[object], target: RecoveryTarget | None
     ) -> tuple[list[DatabasePlan], list[Finding]]:
-        chain_target = _chain_target(target)
         groups, findings = _grouped(sets)
+        # The target is read in SQL Server's LSN form only when there are SQL Server backups to plan: a
+        # PostgreSQL store's X/Y LSN is not this engine's to refuse.
+        chain_target = _chain_target(target) if groups else None
         plans = []
         for key, backups in groups.items():
             selected = chain.select_chain(backups, chain_target)
