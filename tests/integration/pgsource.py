@@ -233,7 +233,7 @@ def restore_and_promote(source: PgSource, backup: Path, datadir: Path) -> PgSour
             if hasattr(tarfile, "tar_filter"):
                 t.extractall(target, filter="tar")
             else:
-                t.extractall(target)  # noqa: S202
+                t.extractall(target)
     tablespace_map = datadir / "tablespace_map"
     if tablespace_map.exists():  # point tablespaces at the restored copies, not at the source's folders
         lines = [
