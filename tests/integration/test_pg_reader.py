@@ -252,7 +252,7 @@ def test_scan_and_plan_json_on_a_real_store(pg: Scenario) -> None:
     assert len(full["files"]) == 3  # base tar, tablespace tar, manifest (-X none: no WAL tar)
     for step in db["steps"]:
         assert LSN.match(step["first_lsn"]) and LSN.match(step["last_lsn"]) and step["stop_at"] is None
-        assert step["position"] == 1  # the timeline
+        assert step["timeline"] == 1
         for f in step["files"]:
             assert (pg.linear / f).is_file()
     segments = logs[0]["files"]
@@ -340,7 +340,7 @@ def test_timeline_fork_follows_the_newest_timeline(pg: Scenario) -> None:
     doc = json.loads(out)
     [db] = doc["databases"]
     assert db["executable"]
-    timelines = [s["position"] for s in db["steps"][1:]]
+    timelines = [s["timeline"] for s in db["steps"][1:]]
     assert timelines[0] == 1 and timelines[-1] == 2
     tl2 = db["steps"][-1]["files"]
     assert all(re.search(r"/00000002[0-9A-F]{16}$", f) for f in tl2)

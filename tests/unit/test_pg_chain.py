@@ -161,7 +161,7 @@ def test_linear_chain_is_one_full_and_one_log_run() -> None:
     assert full["files"] == ["base-1-3/base.tar", "base-1-3/backup_manifest"]
     assert (full["first_lsn"], full["last_lsn"]) == ("0/3000028", "0/4000100")
     assert log["files"] == [f"wal/{SegmentName(1, n).name()}" for n in range(3, 12)]
-    assert (log["first_lsn"], log["last_lsn"], log["position"]) == ("0/3000000", "0/C000000", 1)
+    assert (log["first_lsn"], log["last_lsn"], log["timeline"]) == ("0/3000000", "0/C000000", 1)
     assert db["restores_to_lsn"] == "0/C000000" and db["findings"] == []
 
 
@@ -224,7 +224,7 @@ def test_forks_follow_the_newest_timeline(
     items = [*base(2), *tl1, *tl2, history(2, (1, switch))]
     [db] = plan(items)["databases"]
     assert db["executable"], db["findings"]
-    runs = [(s["position"], s["files"]) for s in db["steps"][1:]]
+    runs = [(s["timeline"], s["files"]) for s in db["steps"][1:]]
     assert runs == [
         (1, [f"wal/{SegmentName(1, n).name()}" for n in range(2, switch_seg)]),
         (2, [f"wal/{SegmentName(2, n).name()}" for n in range(switch_seg, switch_seg + tl2_count)]),
@@ -245,14 +245,14 @@ def test_a_backup_after_the_switch_point_stays_on_its_timeline() -> None:
     [db] = plan(items)["databases"]
     # Timeline 2 is the newest: the older backup, before the branch, is the one that reaches it.
     assert db["steps"][0]["files"][0] == "base-1-2/base.tar"
-    assert db["steps"][-1]["position"] == 2 and db["restores_to_lsn"] == format_lsn(20 * SIZE)
+    assert db["steps"][-1]["timeline"] == 2 and db["restores_to_lsn"] == format_lsn(20 * SIZE)
     assert "timeline-fork" in codes(db)
 
 
 def test_a_timeline_without_its_history_file_is_not_followed() -> None:
     items = [*base(2), *(seg(1, n) for n in range(1, 8)), *(seg(2, n) for n in range(6, 9))]
     [db] = plan(items)["databases"]
-    assert db["executable"] and {s["position"] for s in db["steps"][1:]} == {1}
+    assert db["executable"] and {s["timeline"] for s in db["steps"][1:]} == {1}
     found = codes(db)["history-missing"]
     assert "00000002.history" in found["message"] and found["severity"] == "warning"
 

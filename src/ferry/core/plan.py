@@ -34,7 +34,8 @@ class PlanStep:
     backup_start: str | None = None
     backup_finish: str | None = None
     size: int = 0
-    position: int = 1
+    position: int = 1  # SQL Server: the backup set's Position in its media file
+    timeline: int | None = None  # PostgreSQL: the WAL timeline of the step
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class PlanStep:
             "backup_start": self.backup_start,
             "backup_finish": self.backup_finish,
             "size": self.size,
+            "timeline": self.timeline,
         }
 
 

@@ -7,6 +7,7 @@ so its headers are set aside for the next scan.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,9 +19,14 @@ from ferry.stores.base import BackupStore, ObjectInfo
 from ferry.stores.prefetch import PrefetchedReader
 
 HEAD_SIZE = 16384
-# Names a DBA gives backup files. A file so named that holds no backup deserves a warning; any other
-# foreign file (a README, a checksum list) is only noted. The name never decides what a file is.
-_BACKUP_SUFFIXES = (".bak", ".trn", ".dif", ".diff", ".log.bak")
+# Names backup files have: SQL Server's usual extensions, PostgreSQL's WAL segment and history names, base
+# backup tars and manifests. A file so named that holds no backup deserves a warning; any other foreign
+# file (a README, a checksum list) is only noted. The name never decides what a file is.
+_BACKUP_NAMES = re.compile(
+    r"(\.(bak|trn|dif|diff)$)|(^[0-9A-F]{24}(\.partial)?$)|(^[0-9A-F]{8}\.history$)"
+    r"|(\.tar(\.(gz|lz4|zst))?$)|(^backup_manifest$)",
+    re.IGNORECASE,
+)
 
 Progress = Callable[[int, int | None], None]
 
@@ -152,18 +158,17 @@ def _format_finding(exc: BackupFormatError, store: BackupStore, info: ObjectInfo
             "the next scan, and if it stays short, copy it again from the source",
             info.key,
         )
-    return _finding(
-        "backup-unreadable",
-        Severity.ERROR,
-        str(exc),
-        "the file is damaged or not a SQL Server backup: copy it again from the source, or check it "
-        "with RESTORE VERIFYONLY on a SQL Server",
-        info.key,
+    # The reader's own hint when it has a specific one; the class default speaks of truncation.
+    hint = (
+        exc.hint
+        if exc.hint != BackupFormatError.hint
+        else ("the file is damaged or not a backup Ferry can read: copy it again from the source")
     )
+    return _finding("backup-unreadable", Severity.ERROR, str(exc), hint, info.key)
 
 
 def _not_a_backup(info: ObjectInfo) -> Finding:
-    named_like_backup = info.key.lower().endswith(_BACKUP_SUFFIXES)
+    named_like_backup = _BACKUP_NAMES.search(info.key.rsplit("/", 1)[-1]) is not None
     return _finding(
         "not-a-backup",
         Severity.WARNING if named_like_backup else Severity.INFO,

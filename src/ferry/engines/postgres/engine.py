@@ -10,7 +10,7 @@ A PostgreSQL source is a whole cluster (physical backups restore every database 
 
 Steps: one "full" step per plan (the base backup: its tar, tablespace tars, WAL tar and manifest), then
 one "log" step per contiguous run of WAL segments on one timeline, its `files` listing every segment in
-order. A plan over 10,000 segments on one timeline is then two steps, not 10,001. A step's `position`
+order. A plan over 10,000 segments on one timeline is then two steps, not 10,001. A step's `timeline`
 is its timeline (the base backup's START TIMELINE for the full step): with the first segment's LSN it
 gives every segment's file name.
 """
@@ -18,6 +18,7 @@ gives every segment's file name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -221,7 +222,7 @@ def _steps(selected: chain.Chain) -> list[PlanStep]:
             backup_start=_iso(base.tar.label.start_time),
             backup_finish=_iso(stop_time),
             size=base.size,
-            position=base.timeline,
+            timeline=base.timeline,
         )
     ]
     for run in w.runs:
@@ -232,22 +233,11 @@ def _steps(selected: chain.Chain) -> list[PlanStep]:
                 first_lsn=format_lsn(run.first_lsn),
                 last_lsn=format_lsn(run.last_lsn),
                 size=sum(s.size for s in run.segments),
-                position=run.timeline,
+                timeline=run.timeline,
             )
         )
     if selected.stop_lsn is not None:
-        last = steps[-1]
-        steps[-1] = PlanStep(
-            kind=last.kind,
-            files=last.files,
-            first_lsn=last.first_lsn,
-            last_lsn=last.last_lsn,
-            stop_at=format_lsn(selected.stop_lsn),
-            backup_start=last.backup_start,
-            backup_finish=last.backup_finish,
-            size=last.size,
-            position=last.position,
-        )
+        steps[-1] = replace(steps[-1], stop_at=format_lsn(selected.stop_lsn))
     return steps
 
 

@@ -113,7 +113,7 @@ class _Source(Protocol):
 
     def skip(self, n: int) -> None: ...
 
-    def file_offset(self) -> int: ...
+    def locate(self, archive_offset: int) -> int: ...
 
 
 class _RangedSource:
@@ -143,8 +143,9 @@ class _RangedSource:
     def skip(self, n: int) -> None:
         self.position += n
 
-    def file_offset(self) -> int:
-        return min(self.position, self._reader.size)
+    def locate(self, archive_offset: int) -> int:
+        """The file offset to report for damage at `archive_offset`: the same, capped at the file's end."""
+        return min(archive_offset, self._reader.size)
 
 
 class _RawFile(io.RawIOBase):
@@ -186,7 +187,9 @@ class _StreamSource:
 
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
 
-    def file_offset(self) -> int:
+    def locate(self, archive_offset: int) -> int:
+        """The file offset to report: how far the compressed file has been read (the decompressed offset
+        means nothing in the file; the message names it)."""
         return self._raw.pos
 
     def _chunk(self, n: int) -> bytes:
@@ -248,11 +251,13 @@ def _octal(field: bytes, offset: int, what: str) -> int:
 
 
 def _checksum_ok(block: bytes, offset: int) -> bool:
+    """The header's checksum: the sum of its bytes with the checksum field read as spaces. Some old tars
+    summed signed bytes; both are accepted."""
     stored = _octal(block[148:156], offset + 148, "chksum")
     blanked = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(blanked)
-    signed = sum(b - 256 if b > 127 else b for b in blanked)
-    return stored in (unsigned, signed)
+    if sum(blanked) == stored:
+        return True
+    return sum(b - 256 if b > 127 else b for b in blanked) == stored
 
 
 def _text(raw: bytes) -> str:
@@ -303,7 +308,7 @@ def walk(
         block = source.read(BLOCK)
         if len(block) < BLOCK:
             raise TarProblem(
-                source.file_offset(),
+                source.locate(at + len(block)),
                 f"unexpected end of data: the tar archive ends at byte {at + len(block)} without its "
                 "end-of-archive marker",
             )
@@ -311,25 +316,33 @@ def walk(
             if isinstance(source, _StreamSource):
                 source.drain(_TRAILER_LIMIT)
             return
-        if not is_tar_header(block):
-            raise TarProblem(source.file_offset(), f"no tar header at archive offset {at}")
-        if not _checksum_ok(block, at):
-            raise TarProblem(source.file_offset(), f"tar header checksum mismatch at archive offset {at}")
-        size = _octal(block[124:136], at + 124, "size")
+        try:
+            if not is_tar_header(block):
+                raise TarProblem(at, f"no tar header at archive offset {at}")
+            if not _checksum_ok(block, at):
+                raise TarProblem(at, f"tar header checksum mismatch at archive offset {at}")
+            size = _octal(block[124:136], at + 124, "size")
+        except TarProblem as exc:
+            raise TarProblem(source.locate(exc.offset), exc.reason) from None
         flag = block[156:157]
         data_at = at + BLOCK
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         if flag in (b"L", b"x", b"g", b"K"):
             if size > _LONG_META_LIMIT:
-                raise TarProblem(source.file_offset(), f"tar extended header of {size} bytes at offset {at}")
+                raise TarProblem(source.locate(at), f"tar extended header of {size} bytes at offset {at}")
             data = source.read(size)
             if len(data) < size:
-                raise TarProblem(source.file_offset(), "unexpected end of data inside a tar extended header")
+                raise TarProblem(
+                    source.locate(data_at + len(data)), "unexpected end of data inside a tar extended header"
+                )
             source.skip(padded - size)
             if flag == b"L":
                 long_name = _text(data)
             elif flag == b"x":
-                pax = _pax_records(data, data_at)
+                try:
+                    pax = _pax_records(data, data_at)
+                except TarProblem as exc:
+                    raise TarProblem(source.locate(exc.offset), exc.reason) from None
             continue
         name = long_name or pax.get("path")
         if name is None:
@@ -339,7 +352,7 @@ def walk(
                 name = f"{prefix}/{name}"
         if "size" in pax:
             if not pax["size"].isdigit():
-                raise TarProblem(data_at, "pax size is not a number")
+                raise TarProblem(source.locate(data_at), "pax size is not a number")
             size = int(pax["size"])
             padded = (size + BLOCK - 1) // BLOCK * BLOCK
         long_name, pax = None, {}
@@ -353,7 +366,7 @@ def walk(
         head = source.read(want) if want else b""
         if len(head) < want:
             raise TarProblem(
-                source.file_offset(),
+                source.locate(data_at + len(head)),
                 f"unexpected end of data inside tar member '{name}' (archive offset {data_at})",
             )
         source.skip(padded - len(head))

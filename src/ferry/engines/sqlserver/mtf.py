@@ -187,8 +187,11 @@ def filetime(buf: bytes, off: int) -> datetime | None:
 
 
 def quarter_hours_tz(value: int) -> timezone:
-    """The SSET time-zone byte: signed quarter hours east of UTC."""
+    """The SSET time-zone byte: signed quarter hours east of UTC. Real offsets lie within -12 h..+14 h;
+    anything further is a damaged byte, not a place on Earth."""
     signed = value - 256 if value > 127 else value
+    if abs(signed) > 14 * 4:
+        raise ValueError(f"time zone of {signed * 15} minutes is out of range")
     return timezone(timedelta(minutes=15 * signed))
 
 

@@ -179,7 +179,10 @@ def _build(key: str, media: _Media, s: _OpenSet, compressed: bool) -> BackupSet:
     sset = s.sset
     if len(sset) < 0x74:
         raise FormatProblem(s.sset_offset, "backup set header (SSET) is too short")
-    tz = quarter_hours_tz(u8(sset, 0x5F))
+    try:
+        tz = quarter_hours_tz(u8(sset, 0x5F))
+    except ValueError as exc:
+        raise FormatProblem(s.sset_offset + 0x5F, f"backup set header is damaged: {exc}") from None
     backup_set_guid = guid(sset, 0x64)
     if backup_set_guid is None:
         raise FormatProblem(s.sset_offset + 0x64, "backup set has no BackupSetGUID")
