@@ -7,10 +7,11 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ferry import __version__
 from ferry.cli import render
+from ferry.cli.migrations import app as migrations_app
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import FerryError, StoreError, UsageError
 from ferry.core.findings import has_errors
@@ -39,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(migrations_app, name="migrations")
 out = Console()
 err = Console(stderr=True)
 
@@ -332,6 +335,115 @@ def demo(
         result = run_demo(out, Path(folder).resolve() if folder else None, scale, online_seconds)
         if result.differences:
             raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command()
+def serve(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Ferry's data folder (default: FERRY_HOME, else ~/.local/share/ferry)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8470,
+    temporal: Annotated[
+        str | None,
+        typer.Option(
+            "--temporal", help="HOST:PORT of an existing Temporal cluster (default: start one here)."
+        ),
+    ] = None,
+    temporal_port: Annotated[
+        int | None, typer.Option(help="Port of the embedded Temporal (default: a free one).")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Temporal namespace.")] = "default",
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="NAME=ROOT[:CONCURRENCY] served here, or NAME served by `ferry agent` elsewhere "
+            "(repeatable; default: local=DATA/targets:4).",
+        ),
+    ] = None,
+    no_local_agent: Annotated[
+        bool, typer.Option("--no-local-agent", help="Run no agent here: every target has its own.")
+    ] = False,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="State store: a file path or postgresql://... (default DATA)."),
+    ] = None,
+    os_user: Annotated[
+        str | None, typer.Option(help="OS user the local target servers run as when Ferry runs as root.")
+    ] = None,
+    reset_token: Annotated[bool, typer.Option("--reset-token", help="Make a new API token.")] = False,
+    save_token: Annotated[
+        bool, typer.Option("--save-token", help="Keep a new token in ~/.config/ferry/token for the CLI.")
+    ] = False,
+) -> None:
+    """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
+    from ferry.service.activities import TargetConfig
+    from ferry.service.serve import ServeOptions, default_data, parse_target
+    from ferry.service.serve import serve as run_service
+
+    with _errors():
+        folder = Path(os.path.abspath(data)) if data else default_data()
+        parsed = [parse_target(t, folder, os_user) for t in target or []]
+        options = ServeOptions(
+            data=folder,
+            host=host,
+            port=port,
+            temporal=temporal,
+            temporal_port=temporal_port,
+            namespace=namespace,
+            targets=[t for t in parsed if isinstance(t, TargetConfig)],
+            remote_targets=[t for t in parsed if isinstance(t, str)],
+            local_agent=not no_local_agent,
+            store_url=store,
+            reset_token=reset_token,
+            save_token=save_token,
+            os_user=os_user,
+        )
+        with suppress(KeyboardInterrupt):
+            run_service(options)
+
+
+@app.command()
+def agent(
+    target: Annotated[str, typer.Option("--target", help="Name of the target this agent serves.")],
+    root: Annotated[Path, typer.Option("--root", help="Folder for the target's migrations (one per id).")],
+    temporal: Annotated[str, typer.Option("--temporal", help="HOST:PORT of the Temporal server.")] = (
+        "127.0.0.1:7233"
+    ),
+    namespace: Annotated[str, typer.Option(help="Temporal namespace.")] = "default",
+    concurrency: Annotated[int, typer.Option(help="Restores run at once on this target.")] = 4,
+    os_user: Annotated[
+        str | None, typer.Option(help="OS user the target servers run as when Ferry runs as root.")
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="The service's state store: file path or postgresql://... URL."),
+    ] = None,
+) -> None:
+    """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
+    import asyncio
+    import logging
+
+    from ferry.agent.worker import run_agent
+    from ferry.service.activities import TargetConfig
+    from ferry.service.store import SqlStateStore
+
+    with _errors():
+        if concurrency < 1:
+            raise UsageError("--concurrency must be at least 1", "give the number of restores to run at once")
+        cfg = TargetConfig(target, Path(os.path.abspath(root)), concurrency, os_user)
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        state = SqlStateStore(store)
+        err.print(
+            f"agent of target {target}: {cfg.root}, {concurrency} restores at once; Temporal {temporal}"
+        )
+        try:
+            with suppress(KeyboardInterrupt):
+                asyncio.run(run_agent(cfg, temporal, state, namespace=namespace))
+        finally:
+            state.close()
 
 
 @app.command()

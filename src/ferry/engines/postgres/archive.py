@@ -400,7 +400,7 @@ def restore_command(
     absent = f"{s}/{ABSENT_DIR}"
     marker = (
         f"test -f standby.signal && test -f {absent}/'%f' && "
-        f'{{ read p < {absent}/{OWNER_FILE}; }} 2>/dev/null && test -d "/proc/$p" && exit 1'
+        f'{{ read p < {absent}/{OWNER_FILE}; }} 2>/dev/null && test -d "/proc/${{p:-none}}" && exit 1'
     )
     return f"test -f {s}/'%f' && mv -f {s}/'%f' '%p' || {{ {marker}; exec {fetch}; }}"
 
@@ -651,7 +651,7 @@ class Prefetcher:
             replay = self._replay
         if replay is None:
             return
-        self._follow_timelines(replay)
+        no_history = self._follow_timelines(replay)
         current = replay // self.segment_size
         chain = self._chain
         with self._lock:
@@ -659,7 +659,7 @@ class Prefetcher:
             delivered = set(self._delivered)
         spool_files = self._drop_stale(current, chain)
         wanted: set[str] = set()
-        absent: set[str] = {f"{chain.target + 1:08X}.history"}
+        absent: set[str] = {f"{no_history:08X}.history"}
         missing: str | None = None
         for segno in range(current, current + self.depth):
             names = [
@@ -717,10 +717,10 @@ class Prefetcher:
         except ObjectNotFound:
             return False
 
-    def _follow_timelines(self, replay: int) -> None:
+    def _follow_timelines(self, replay: int) -> int:
         """Probe `<target+1>.history` upwards like PostgreSQL's findNewestTimeLine; switch to a newer
         timeline only if it forks off the followed one at or after the replay position (else PostgreSQL
-        refuses it too and stays)."""
+        refuses it too and stays). Returns the first timeline without a history file."""
         probe = self._chain.target + 1
         while True:
             if probe in self._rejected:
@@ -728,7 +728,7 @@ class Prefetcher:
                 continue
             text = self._read_small(f"{probe:08X}.history")
             if text is None:
-                return
+                return probe
             history = parse_history(text)
             fork = next((e for e in history if e.timeline == self._chain.target), None)
             if fork is not None and fork.end_lsn >= replay:
@@ -818,15 +818,17 @@ class Prefetcher:
         """Pending segments and the archive's end on the followed timelines, from a listing (less often
         than the planning stats: a listing of a long archive is the expensive call on any store)."""
         timelines = self._chain.timelines()
-        pending, end = 0, None
+        ahead: set[int] = set()  # segment numbers: a switch segment exists on two timelines
+        end: int | None = None
         for info in self.store.iter_objects(WAL_PREFIX):
             parsed = parse_segment_name(info.key[len(WAL_PREFIX) :], self.segment_size)
             if parsed is None or parsed.timeline not in timelines:
                 continue
             if parsed.segno > current:
-                pending += 1
+                ahead.add(parsed.segno)
             seg_end = parsed.end_lsn(self.segment_size)
             end = seg_end if end is None else max(end, seg_end)
+        pending = len(ahead)
         self._last_listing = time.monotonic()
         with self._lock:
             self._pending, self._archive_end = pending, end

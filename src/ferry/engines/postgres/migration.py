@@ -1,8 +1,20 @@
-"""A PostgreSQL migration, run in the foreground: plan the source, restore the base backup onto a target,
-replay archived WAL while the source stays in use, and cut over when asked.
+"""A PostgreSQL migration: plan the source, restore the base backup onto a target, replay archived WAL while
+the source stays in use, and cut over when asked.
+
+The steps are functions the foreground `ferry migrate` (`Migration.run`) and the service's activities
+(ferry.service.activities) share:
+
+    plan = validate(spec)                          read the source's store, choose the chain (or raise)
+    target = prepare_target(spec, plan)            the target folder: new, or the same migration's to resume
+    restore_base(target, BaseBackupRef.of(plan))   unpack the base backup (skipped when already done)
+    start_recovery(target, spec.source)            configure recovery from the archive, start the server
+    with Replay(target, WalSource.of(plan), reporter) as rep:
+        request = rep.follow(stop)                 replay WAL until `stop()` asks for the cutover
+        outcome = rep.cut_over(request)            replay the rest, promote, check writes
+    finish(target, ...)                            the MigrationResult, kept in the target folder
 
 Everything that decides what to do next is read from the target itself (its folder, pg_control, its
-replay position), so running the same migration again after Ferry was killed, at any point, resumes it.
+replay position), so running a step again after Ferry was killed, at any point, resumes it or skips it.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ferry.core.errors import FerryError, UsageError
@@ -22,7 +35,14 @@ from ferry.engines.postgres import archive, chain
 from ferry.engines.postgres.cluster import free_port
 from ferry.engines.postgres.cutover import CutoverRequest, clear_cutover
 from ferry.engines.postgres.engine import PostgresEngine
-from ferry.engines.postgres.target import ExtractProgress, Phase, PostgresTarget, TargetStatus
+from ferry.engines.postgres.target import (
+    ExtractProgress,
+    Phase,
+    PostgresTarget,
+    ProgressCallback,
+    RestoreResult,
+    TargetStatus,
+)
 from ferry.engines.postgres.wal import format_lsn, parse_lsn
 from ferry.pipeline.discover import scan
 from ferry.stores.base import BackupStore
@@ -82,6 +102,7 @@ class SourcePlan:
     source: chain.Source
     chain: chain.Chain
     findings: tuple[Finding, ...]
+    location: str = ""
 
 
 def plan_source(location: str) -> SourcePlan:
@@ -109,7 +130,79 @@ def plan_source(location: str) -> SourcePlan:
         or any(f.severity is Severity.ERROR for f in findings)
     ):
         raise MigrationBlocked(location, list(findings))
-    return SourcePlan(store, prefix, src, selected, tuple(findings))
+    return SourcePlan(store, prefix, src, selected, tuple(findings), location)
+
+
+# -- what the steps pass each other ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseBackupRef:
+    """The base backup to restore, by store keys: all `restore_base` needs, without scanning again."""
+
+    location: str
+    tar: str  # key of base.tar (names the backup)
+    archives: tuple[str, ...]  # base.tar, tablespace tars, pg_wal.tar
+    manifest: str | None
+    size: int
+    start_lsn: int
+
+    @staticmethod
+    def of(plan: SourcePlan) -> BaseBackupRef:
+        walk = plan.chain.walk
+        assert walk is not None
+        base = walk.base
+        manifest = base.manifest.key if base.manifest is not None else None
+        return BaseBackupRef(
+            location=plan.location,
+            tar=base.tar.key,
+            archives=tuple(k for k in base.files if k != manifest),
+            manifest=manifest,
+            size=base.size,
+            start_lsn=base.start_lsn,
+        )
+
+
+@dataclass(frozen=True)
+class WalSource:
+    """Where replay fetches WAL from: the store, the timeline recovery follows, the segment size."""
+
+    location: str
+    timeline: int
+    segment_size: int
+
+    @staticmethod
+    def of(plan: SourcePlan) -> WalSource:
+        walk = plan.chain.walk
+        assert walk is not None
+        return WalSource(plan.location, walk.target_timeline, plan.source.segment_size)
+
+
+@dataclass(frozen=True)
+class CutoverOutcome:
+    final_lsn: int | None
+    downtime_seconds: float
+    promoted_at: int | None
+
+
+class StatusReporter:
+    """The latest MigrationStatus of one migration: moves its state along core.migration.TRANSITIONS and
+    hands every change to `sink` (the terminal view, or the service's store and heartbeats)."""
+
+    def __init__(self, sink: Callable[[MigrationStatus], None], state: State = State.QUEUED,
+                 phase: str = "queued") -> None:  # fmt: skip
+        self.sink = sink
+        self.status = MigrationStatus(state, phase)
+
+    @property
+    def state(self) -> State:
+        return self.status.state
+
+    def emit(self, state: State | None = None, **changes: Any) -> MigrationStatus:
+        new = transition(self.status.state, state) if state is not None else self.status.state
+        self.status = replace(self.status, state=new, **changes)
+        self.sink(self.status)
+        return self.status
 
 
 class _Rate:
@@ -133,139 +226,179 @@ class _Rate:
         return (v1 - v0) / (t1 - t0) if t1 > t0 and v1 >= v0 else None
 
 
-class Migration:
-    """One source to one target. `report` receives every status change; `cutover` is polled and returns a
-    request once one was made (see cutover.py)."""
+# -- the steps -------------------------------------------------------------------------------------
+
+
+def validate(spec: MigrationSpec) -> SourcePlan:
+    """Read the source's store and choose the chain; MigrationBlocked or UsageError when it cannot be
+    restored as it is. Touches no target."""
+    return plan_source(spec.source)
+
+
+def prepare_target(spec: MigrationSpec, plan: SourcePlan) -> PostgresTarget:
+    """The target folder for this migration: created, or reopened when it already holds this migration
+    (same system identifier). A folder of another migration or a non-empty foreign folder is refused."""
+    walk = plan.chain.walk
+    assert walk is not None
+    base = walk.base
+    sysid = plan.source.system_identifier
+    if (spec.target / "ferry-target.json").exists():
+        target = PostgresTarget.open(spec.target)
+        if target.record.system_identifier != sysid:
+            raise UsageError(
+                f"target '{spec.target}' holds a migration of system {target.record.system_identifier}, "
+                f"not of {sysid} from '{spec.source}'",
+                "give a new target folder; Ferry never overwrites a target",
+            )
+        return target
+    return PostgresTarget.create(
+        spec.target,
+        spec.port or free_port(),
+        source=spec.source,
+        system_identifier=sysid,
+        base_backup=base.tar.key,
+        os_user=spec.os_user,
+    )
+
+
+def restore_base(
+    target: PostgresTarget, base: BaseBackupRef, progress: ProgressCallback | None = None
+) -> RestoreResult:
+    """Unpack the base backup into the target. Judged by the target: a folder that already holds the
+    restored data directory (phase RESTORED, RECOVERY or PROMOTED) is skipped (`skipped=True`); an
+    interrupted unpack starts over."""
+    if target.phase() not in (Phase.NEW, Phase.INTERRUPTED):
+        return RestoreResult(0, 0, 0, 0.0, "none", skipped=True)
+    store, _ = open_location(base.location)
+    readers = [store.open(key) for key in base.archives]
+    manifest = None
+    if base.manifest is not None:
+        reader = store.open(base.manifest)
+        try:
+            manifest = reader.read(0, reader.size)
+        finally:
+            reader.close()
+    return target.restore_base(readers, manifest, progress=progress)
+
+
+def start_recovery(target: PostgresTarget, location: str, wait: float = 60) -> TargetStatus:
+    """Configure the restored data directory as a standby fed from the archive (once), and start the
+    server (a no-op when it runs), waiting up to `wait` s for it to accept connections (a standby that
+    needs longer to become consistent keeps recovering). PostgreSQL resumes from its own restartpoint."""
+    if target.phase() is Phase.RESTORED:
+        target.configure(online=True, restore_command=archive.restore_command(location, target.spool))
+    return target.start(wait)
+
+
+class Replay:
+    """A target in recovery and the prefetcher that feeds it: `follow` the archive, then `cut_over`.
+
+    Use as a context manager: the prefetcher runs inside it. `started` is (time.time(), LSN) where
+    replay was first seen, for the result's replay figures."""
 
     def __init__(
         self,
-        spec: MigrationSpec,
-        report: Callable[[MigrationStatus], None],
-        cutover: Callable[[], CutoverRequest | None],
+        target: PostgresTarget,
+        wal: WalSource,
+        reporter: StatusReporter,
+        *,
+        prefetch_depth: int = 8,
+        poll_interval: float = 0.25,
     ) -> None:
-        self.spec = spec
-        self.report = report
-        self.cutover = cutover
-        self.state = State.QUEUED
-        self.status = MigrationStatus(State.QUEUED, "queued")
-        self._restored = (0, 0.0)
-        self._replay_started: tuple[float, int] | None = None
-
-    def _emit(self, state: State | None = None, **changes: Any) -> None:
-        if state is not None:
-            self.state = transition(self.state, state)
-        self.status = replace(self.status, state=self.state, **changes)
-        self.report(self.status)
-
-    # -- the run ----------------------------------------------------------------------------------
-
-    def run(self) -> MigrationResult:
-        spec = self.spec
-        self._emit(State.VALIDATING, phase="reading the source's backups")
-        plan = plan_source(spec.source)
-        walk = plan.chain.walk
-        assert walk is not None
-        target = self._target(plan)
-        if target.phase() is Phase.PROMOTED:
-            return self._finished(target)
-        if target.phase() in (Phase.NEW, Phase.INTERRUPTED):
-            self._restore_base(target, plan)
-        if target.phase() is Phase.RESTORED:
-            command = archive.restore_command(spec.source, target.spool)
-            target.configure(online=True, restore_command=command)
-        self._emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
-        target.start()
-        prefetcher = archive.Prefetcher(
-            spec.source,
-            target.spool,
-            walk.target_timeline,
-            plan.source.segment_size,
-            spec.prefetch_depth,
-            owner=target.user,
+        self.target = target
+        self.wal = wal
+        self.reporter = reporter
+        self.poll_interval = poll_interval
+        self.prefetcher = archive.Prefetcher(
+            wal.location, target.spool, wal.timeline, wal.segment_size, prefetch_depth, owner=target.user
         )
-        prefetcher.start()
-        try:
-            return self._replay(target, prefetcher)
-        finally:
-            prefetcher.stop()
+        self.started: tuple[float, int] | None = None
+        self.last: TargetStatus | None = None
 
-    def _target(self, plan: SourcePlan) -> PostgresTarget:
-        spec, base = self.spec, plan.chain.walk.base if plan.chain.walk else None
-        assert base is not None
-        sysid = plan.source.system_identifier
-        if (spec.target / "ferry-target.json").exists():
-            target = PostgresTarget.open(spec.target)
-            if target.record.system_identifier != sysid:
-                raise UsageError(
-                    f"target '{spec.target}' holds a migration of system {target.record.system_identifier}, "
-                    f"not of {sysid} from '{spec.source}'",
-                    "give a new target folder; Ferry never overwrites a target",
-                )
-            return target
-        return PostgresTarget.create(
-            spec.target,
-            spec.port or free_port(),
-            source=spec.source,
-            system_identifier=sysid,
-            base_backup=base.tar.key,
-            os_user=spec.os_user,
-        )
+    def __enter__(self) -> Replay:
+        self.prefetcher.start()
+        return self
 
-    def _restore_base(self, target: PostgresTarget, plan: SourcePlan) -> None:
-        walk = plan.chain.walk
-        assert walk is not None
-        base = walk.base
-        readers = [plan.store.open(key) for key in base.files if key != getattr(base.manifest, "key", None)]
-        manifest = None
-        if base.manifest is not None:
-            reader = plan.store.open(base.manifest.key)
-            try:
-                manifest = reader.read(0, reader.size)
-            finally:
-                reader.close()
-        rate = _Rate(5.0)
-        self._emit(State.RESTORING_FULL, phase="unpacking the base backup", bytes_total=base.size)
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.prefetcher.stop()
 
-        def progress(p: ExtractProgress) -> None:
-            rate.add(p.archive_bytes_done)
-            self._emit(
-                bytes_done=p.archive_bytes_done,
-                bytes_total=p.archive_bytes_total,
-                throughput=rate.per_second,
-                current_file=p.current,
-            )
-
-        started = time.monotonic()
-        result = target.restore_base(readers, manifest, progress=progress)
-        self._restored = (result.archive_bytes, time.monotonic() - started)
-        self._emit(last_file=base.tar.key, current_file=None, bytes_done=result.archive_bytes)
-
-    def _replay(self, target: PostgresTarget, prefetcher: archive.Prefetcher) -> MigrationResult:
+    def follow(
+        self,
+        stop: Callable[[], CutoverRequest | None],
+        *,
+        until_settled: bool = False,
+        until_lsn: int | None = None,
+    ) -> CutoverRequest:
+        """Replay archived WAL, reporting RestoringLogs / ReadyForCutover, until `stop()` returns a
+        cutover request. `until_settled` (offline): also end once the end of the archive is replayed and
+        the position stood still for SETTLE_SECONDS. `until_lsn`: also end once replay reaches it."""
         rate = _Rate()
         settled_since: float | None = None
         last_position: int | None = None
         while True:
-            st = target.status()
+            st = self.target.status()
+            self.last = st
             position = st.position
             if position is not None:
-                prefetcher.advance(position)
+                self.prefetcher.advance(position)
                 rate.add(position)
-                if self._replay_started is None:
-                    self._replay_started = (time.monotonic(), position)
-            stats = prefetcher.stats()
+                if self.started is None:
+                    self.started = (time.time(), position)
+            stats = self.prefetcher.stats()
             caught_up = self._caught_up(st, stats)
             if caught_up and position == last_position:
                 settled_since = settled_since or time.monotonic()
             else:
                 settled_since = None
             last_position = position
-            self._report_replay(st, stats, rate, caught_up)
-            request = self.cutover()
-            if not self.spec.online and settled_since and time.monotonic() - settled_since >= SETTLE_SECONDS:
+            self._report(st, stats, rate, caught_up)
+            request = stop()
+            settled = settled_since is not None and time.monotonic() - settled_since >= SETTLE_SECONDS
+            if request is None and until_settled and settled:
                 request = CutoverRequest(time.time())  # offline: the end of the archive is the end
+            reached = until_lsn is not None and st.replay_lsn is not None and st.replay_lsn >= until_lsn
+            if request is None and reached and until_lsn is not None:
+                request = CutoverRequest(time.time(), format_lsn(until_lsn))
             if request is not None:
-                return self._cut_over(target, prefetcher, request)
-            time.sleep(self.spec.poll_interval)
+                return request
+            time.sleep(self.poll_interval)
+
+    def cut_over(self, request: CutoverRequest, check: Callable[[], None] | None = None) -> CutoverOutcome:
+        """Replay to the request's final LSN (or to the end of the archive, settled), promote, and prove
+        the server takes writes. `check` is called in the wait loop (a heartbeat)."""
+        self.reporter.emit(State.CUTTING_OVER, phase="cutting over: replaying the last WAL")
+        final = parse_lsn(request.final_lsn) if request.final_lsn else None
+        if final is None and request.source_dsn:
+            final = _close_source_segment(request.source_dsn)
+        settled_since: float | None = None
+        last: int | None = None
+        while self.target.phase() is not Phase.PROMOTED:
+            st = self.target.status()
+            if st.position is not None:
+                self.prefetcher.advance(st.position)
+                if self.started is None:
+                    self.started = (time.time(), st.position)
+            stats = self.prefetcher.stats()
+            if final is not None:
+                if st.replay_lsn is not None and st.replay_lsn >= final:
+                    break
+            elif self._caught_up(st, stats) and st.position == last:
+                settled_since = settled_since or time.monotonic()
+                if time.monotonic() - settled_since >= SETTLE_SECONDS:
+                    break
+            else:
+                settled_since = None
+            last = st.position
+            self._report(st, stats, _Rate(), False)
+            if check is not None:
+                check()
+            time.sleep(0.02)
+        self.reporter.emit(phase="cutting over: promoting the target")
+        promoted = self.target.promote()
+        written = self.target.verify_writable()
+        downtime = time.time() - request.requested_at
+        return CutoverOutcome(final, downtime, promoted.current_lsn or written.lsn)
 
     @staticmethod
     def _caught_up(st: TargetStatus, stats: archive.PrefetchStats) -> bool:
@@ -274,9 +407,7 @@ class Migration:
             return False
         return stats.pending == 0 and st.position >= stats.archive_end_lsn - st.segment_size
 
-    def _report_replay(
-        self, st: TargetStatus, stats: archive.PrefetchStats, rate: _Rate, caught_up: bool
-    ) -> None:
+    def _report(self, st: TargetStatus, stats: archive.PrefetchStats, rate: _Rate, caught_up: bool) -> None:
         lag_bytes = st.lag_bytes(stats.archive_end_lsn)
         speed = rate.per_second
         estimate = None
@@ -288,9 +419,9 @@ class Migration:
         elif stats.last_error:
             blocked = stats.last_error
         state = State.READY_FOR_CUTOVER if caught_up else State.RESTORING_LOGS
-        if self.state is State.CUTTING_OVER:
+        if self.reporter.state is State.CUTTING_OVER:
             state = State.CUTTING_OVER
-        self._emit(
+        self.reporter.emit(
             state,
             phase="replaying WAL" if not caught_up else "caught up; replaying new WAL as it arrives",
             source_position=format_lsn(stats.archive_end_lsn) if stats.archive_end_lsn else None,
@@ -307,77 +438,170 @@ class Migration:
             bytes_total=None,
         )
 
-    def _cut_over(
-        self, target: PostgresTarget, prefetcher: archive.Prefetcher, request: CutoverRequest
-    ) -> MigrationResult:
-        self._emit(State.CUTTING_OVER, phase="cutting over: replaying the last WAL")
-        final = parse_lsn(request.final_lsn) if request.final_lsn else None
-        if final is None and request.source_dsn:
-            final = _close_source_segment(request.source_dsn)
-        settled_since: float | None = None
-        last: int | None = None
-        while True:
-            st = target.status()
-            if st.position is not None:
-                prefetcher.advance(st.position)
-            stats = prefetcher.stats()
-            if final is not None:
-                if st.replay_lsn is not None and st.replay_lsn >= final:
-                    break
-            elif self._caught_up(st, stats) and st.position == last:
-                settled_since = settled_since or time.monotonic()
-                if time.monotonic() - settled_since >= SETTLE_SECONDS:
-                    break
-            else:
-                settled_since = None
-            last = st.position
-            self._report_replay(st, stats, _Rate(), False)
-            time.sleep(0.02)
-        self._emit(phase="cutting over: promoting the target")
-        promoted = target.promote()
-        check = target.verify_writable()
-        downtime = time.time() - request.requested_at
-        clear_cutover(self.spec.target)
-        return self._finished(
-            target,
-            final_lsn=format_lsn(final) if final is not None else None,
-            downtime=downtime,
-            promoted_at=promoted.current_lsn or check.lsn,
-        )
 
-    def _finished(
+def replay(
+    target: PostgresTarget,
+    spec: MigrationSpec,
+    wal: WalSource,
+    reporter: StatusReporter,
+    should_stop: Callable[[], CutoverRequest | None],
+    *,
+    until_lsn: int | None = None,
+) -> tuple[CutoverRequest, tuple[float, int] | None]:
+    """Start the target's recovery and replay until `should_stop()` returns a request (online), or the end
+    of the archive is replayed (offline), or `until_lsn` is reached. Returns the request and where replay
+    started (time.time(), LSN)."""
+    start_recovery(target, wal.location)
+    with Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
+                poll_interval=spec.poll_interval) as rep:  # fmt: skip
+        request = rep.follow(should_stop, until_settled=not spec.online and until_lsn is None,
+                             until_lsn=until_lsn)  # fmt: skip
+        return request, rep.started
+
+
+def cut_over(
+    target: PostgresTarget,
+    spec: MigrationSpec,
+    wal: WalSource,
+    request: CutoverRequest,
+    reporter: StatusReporter,
+    *,
+    restored: tuple[int, float] = (0, 0.0),
+    replay_started: tuple[float, int] | None = None,
+    check: Callable[[], None] | None = None,
+) -> MigrationResult:
+    """Replay the rest, promote, verify writes and record the result in the target folder. On a target
+    that is already promoted, the result recorded then is returned (nothing is done again)."""
+    recorded = recorded_result(target.root)
+    if target.phase() is Phase.PROMOTED and recorded is not None:
+        return recorded
+    if target.phase() is not Phase.PROMOTED:
+        start_recovery(target, wal.location)
+    with Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
+                poll_interval=spec.poll_interval) as rep:  # fmt: skip
+        outcome = rep.cut_over(request, check)
+        started = replay_started or rep.started
+    return finish(target, restored=restored, replay_started=started, outcome=outcome)
+
+
+def recorded_result(root: Path) -> MigrationResult | None:
+    """The result a finished migration wrote into its target folder, if any."""
+    try:
+        return MigrationResult(**json.loads((root / RESULT_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def finish(
+    target: PostgresTarget,
+    *,
+    restored: tuple[int, float] = (0, 0.0),
+    replay_started: tuple[float, int] | None = None,
+    outcome: CutoverOutcome | None = None,
+) -> MigrationResult:
+    """The MigrationResult, written to ROOT/ferry-result.json. Without an outcome (a rerun after the
+    migration finished), the result recorded then."""
+    path = target.root / RESULT_FILE
+    if outcome is None:
+        recorded = recorded_result(target.root)
+        if recorded is not None:
+            return recorded
+    promoted_at = outcome.promoted_at if outcome else None
+    replayed, replay_seconds = 0, 0.0
+    if replay_started and promoted_at is not None:
+        replayed = max(0, promoted_at - replay_started[1])
+        replay_seconds = max(0.0, time.time() - replay_started[0])
+    result = MigrationResult(
+        state=State.SUCCEEDED.value,
+        target=str(target.root),
+        port=target.record.port,
+        system_identifier=str(target.record.system_identifier),
+        restored_bytes=restored[0],
+        restore_seconds=round(restored[1], 3),
+        replayed_bytes=replayed,
+        replay_seconds=round(replay_seconds, 3),
+        final_lsn=format_lsn(outcome.final_lsn) if outcome and outcome.final_lsn is not None else None,
+        downtime_seconds=round(outcome.downtime_seconds, 3) if outcome else None,
+        promoted_at_lsn=format_lsn(promoted_at) if promoted_at is not None else None,
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+    clear_cutover(target.root)
+    return result
+
+
+# -- the foreground migration ------------------------------------------------------------------------
+
+
+class Migration:
+    """One source to one target, in the foreground. `report` receives every status change; `cutover` is
+    polled and returns a request once one was made (see cutover.py)."""
+
+    def __init__(
         self,
-        target: PostgresTarget,
-        final_lsn: str | None = None,
-        downtime: float | None = None,
-        promoted_at: int | None = None,
-    ) -> MigrationResult:
-        path = self.spec.target / RESULT_FILE
-        if downtime is None and path.exists():
-            # A rerun after the migration finished: report what it measured then.
-            return MigrationResult(**json.loads(path.read_text()))
-        replayed, replay_seconds = 0, 0.0
-        if self._replay_started and promoted_at is not None:
-            replayed = max(0, promoted_at - self._replay_started[1])
-            replay_seconds = time.monotonic() - self._replay_started[0]
-        result = MigrationResult(
-            state=State.SUCCEEDED.value,
-            target=str(self.spec.target),
-            port=target.record.port,
-            system_identifier=str(target.record.system_identifier),
-            restored_bytes=self._restored[0],
-            restore_seconds=round(self._restored[1], 3),
-            replayed_bytes=replayed,
-            replay_seconds=round(replay_seconds, 3),
-            final_lsn=final_lsn,
-            downtime_seconds=round(downtime, 3) if downtime is not None else None,
-            promoted_at_lsn=format_lsn(promoted_at) if promoted_at is not None else None,
-        )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        os.replace(tmp, path)
-        self._emit(State.SUCCEEDED if self.state is State.CUTTING_OVER else None, phase="done")
+        spec: MigrationSpec,
+        report: Callable[[MigrationStatus], None],
+        cutover: Callable[[], CutoverRequest | None],
+    ) -> None:
+        self.spec = spec
+        self.report = report
+        self.cutover = cutover
+        self.reporter = StatusReporter(report)
+        self._restored = (0, 0.0)
+
+    @property
+    def state(self) -> State:
+        return self.reporter.state
+
+    @property
+    def status(self) -> MigrationStatus:
+        return self.reporter.status
+
+    def _emit(self, state: State | None = None, **changes: Any) -> None:
+        self.reporter.emit(state, **changes)
+
+    def run(self) -> MigrationResult:
+        spec = self.spec
+        self._emit(State.VALIDATING, phase="reading the source's backups")
+        plan = validate(spec)
+        target = prepare_target(spec, plan)
+        if target.phase() is Phase.PROMOTED:
+            return finish(target)
+        if target.phase() in (Phase.NEW, Phase.INTERRUPTED):
+            self._restore_base(target, plan)
+        if target.phase() is Phase.RESTORED:
+            command = archive.restore_command(spec.source, target.spool)
+            target.configure(online=True, restore_command=command)
+        self._emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
+        target.start()
+        with Replay(target, WalSource.of(plan), self.reporter, prefetch_depth=spec.prefetch_depth,
+                    poll_interval=spec.poll_interval) as rep:  # fmt: skip
+            request = rep.follow(self.cutover, until_settled=not spec.online)
+            outcome = rep.cut_over(request)
+            started = rep.started
+        result = finish(target, restored=self._restored, replay_started=started, outcome=outcome)
+        self._emit(State.SUCCEEDED, phase="done")
         return result
+
+    def _restore_base(self, target: PostgresTarget, plan: SourcePlan) -> None:
+        base = BaseBackupRef.of(plan)
+        rate = _Rate(5.0)
+        self._emit(State.RESTORING_FULL, phase="unpacking the base backup", bytes_total=base.size)
+
+        def progress(p: ExtractProgress) -> None:
+            rate.add(p.archive_bytes_done)
+            self._emit(
+                bytes_done=p.archive_bytes_done,
+                bytes_total=p.archive_bytes_total,
+                throughput=rate.per_second,
+                current_file=p.current,
+            )
+
+        started = time.monotonic()
+        result = restore_base(target, base, progress)
+        self._restored = (result.archive_bytes, time.monotonic() - started)
+        self._emit(last_file=base.tar, current_file=None, bytes_done=result.archive_bytes)
 
 
 def _close_source_segment(dsn: str) -> int:

@@ -649,6 +649,7 @@ class PostgresTarget:
         if self.phase() in (Phase.NEW, Phase.INTERRUPTED):
             raise TargetError(f"target '{self.root}' has no data directory yet", "run restore_base first")
         cluster = self.cluster
+        deadline = time.monotonic() + wait
         if not cluster.is_running():
             if port_in_use(self.record.port):
                 raise TargetError(
@@ -659,7 +660,6 @@ class PostgresTarget:
             self._prepare_folders()
             run([self.binaries.tool("pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w", "-t",
                  str(max(1, int(wait))), "start"], self.user, timeout=wait + 30, check=False)  # fmt: skip
-        deadline = time.monotonic() + wait
         while True:
             if cluster.accepts_connections():
                 break
@@ -714,15 +714,15 @@ class PostgresTarget:
         if accepting:
             import psycopg
 
-            with contextlib.suppress(ClusterError, psycopg.Error), self.connect() as conn:
-                row = conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-                    "pg_last_xact_replay_timestamp(), "
-                    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
-                    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
-                    "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() <> 'not paused' END, "
-                    "CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END"
-                ).fetchone()
+            try:
+                with self.connect() as conn:
+                    row = conn.execute(_STATUS_SQL).fetchone()
+            except (ClusterError, psycopg.Error):
+                # Tolerated only while the server is between states (starting, stopping, promoting);
+                # a server that accepts connections but refuses Ferry's is an error to report.
+                accepting = self.cluster.accepts_connections()
+                if accepting:
+                    raise
         in_recovery, replay, replay_time, tli, paused, current = row
         if tli is None and control.get("Latest checkpoint's TimeLineID", "").isdigit():
             tli = int(control["Latest checkpoint's TimeLineID"])
@@ -769,6 +769,17 @@ class PostgresTarget:
             (xid,) = conn.execute("SELECT txid_current()").fetchone()
             (lsn,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
         return WriteCheck(int(xid), parse_lsn(lsn))
+
+
+_STATUS_SQL = """
+SELECT pg_is_in_recovery(),
+       pg_last_wal_replay_lsn()::text,
+       pg_last_xact_replay_timestamp(),
+       CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+       CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() <> 'not paused' END,
+       CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END
+"""
 
 
 def read_record(root: Path) -> TargetRecord:
@@ -1265,6 +1276,11 @@ class _Unpacker:
             self._chown(root)
         try:
             self._entries(inp.name, source, root, manifest_prefix)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot unpack '{self._current}' of '{inp.name}' into '{dest}': {exc.strerror}",
+                "check free space and that nothing else writes into the target folder",
+            ) from None
         finally:
             self.report()
             source.close()
@@ -1400,7 +1416,7 @@ class _Unpacker:
                     raise ArchiveEntryError(
                         archive,
                         entry,
-                        f"the archive ends inside this file (byte {done} of {size})",
+                        f"the archive is truncated: it ends inside this file (byte {done} of {size})",
                         "the archive is truncated: copy it again",
                     )
                 done += step

@@ -1,0 +1,166 @@
+"""The agent: Temporal workers on a target host, running the steps of migrations onto its target.
+
+`ferry agent --target NAME --root DIR` serves two task queues (see service/workflow_io.py):
+
+- `ferry-target-NAME`: restore_base, at most `--concurrency` at once (the target's restore limit);
+- `ferry-target-NAME-ops`: validate, replay, cutover, stop_target, up to `ops_slots` at once (replay is one
+  long-running activity per online migration that mostly waits on PostgreSQL, so a target holds any
+  number of migrations beyond its restore limit).
+
+`ferry serve` runs the same workers in-process for its local targets. Several agents may serve one target
+only if they share its folder (they would pick ports for it independently otherwise): run one per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from ferry.core.errors import UsageError
+from ferry.engines.postgres.cluster import OsUser, run
+from ferry.service import workflow_io as io
+from ferry.service.activities import TargetActivities, TargetConfig
+from ferry.service.contracts import StateStore
+
+log = logging.getLogger(__name__)
+
+OPS_SLOTS = 1000
+# Heartbeats reach Temporal at least this often: a cancel (cutover, cancel) is seen within it.
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
+
+
+def prepare_root(cfg: TargetConfig) -> None:
+    """Make the target's root folder (0755) and check that the servers' OS user can reach it."""
+    try:
+        cfg.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create target folder '{cfg.root}': {exc.strerror}", "choose another --root"
+        ) from None
+    user = OsUser.resolve(cfg.os_user)
+    if user is None:
+        return
+    done = run(["test", "-x", str(cfg.root)], user, check=False, timeout=10)
+    if done.returncode != 0:
+        raise UsageError(
+            f"OS user '{user.name}' cannot reach target folder '{cfg.root}' (PostgreSQL runs as that user)",
+            "put the targets under a folder every parent of which that user may enter (chmod o+x; not "
+            "under /root), e.g. --root /srv/ferry/targets or `ferry serve --data /srv/ferry`",
+        )
+
+
+def _notifier(client: Client, loop: asyncio.AbstractEventLoop) -> TargetActivities.Notify:
+    """A state flip, told to the workflow from an activity thread (a signal on the worker's loop)."""
+
+    def notify(workflow_id: str, signal: io.ProgressSignal) -> None:
+        future = asyncio.run_coroutine_threadsafe(
+            client.get_workflow_handle(workflow_id).signal(io.S_PROGRESS, signal), loop
+        )
+        try:
+            future.result(timeout=10)
+        except Exception as exc:  # the store has the state; the workflow's query view is only a copy
+            log.warning("cannot tell workflow %s of its progress: %s", workflow_id, exc)
+
+    return notify
+
+
+def target_workers(
+    client: Client, store: StateStore, cfg: TargetConfig, ops_slots: int = OPS_SLOTS
+) -> list[Worker]:
+    """The two workers of one target (call in the event loop that runs them)."""
+    acts = TargetActivities(store, {cfg.name: cfg}, _notifier(client, asyncio.get_running_loop()))
+    restore = Worker(
+        client,
+        task_queue=io.restore_queue(cfg.name),
+        activities=[acts.restore_base],
+        activity_executor=ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"ferry-restore-{cfg.name}"),
+        max_concurrent_activities=cfg.concurrency,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    )
+    ops = Worker(
+        client,
+        task_queue=io.ops_queue(cfg.name),
+        activities=[acts.validate, acts.replay, acts.cutover, acts.stop_target],
+        activity_executor=ThreadPoolExecutor(ops_slots, thread_name_prefix=f"ferry-ops-{cfg.name}"),
+        max_concurrent_activities=ops_slots,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    )
+    return [restore, ops]
+
+
+@contextlib.asynccontextmanager
+async def running(workers: list[Worker]) -> AsyncIterator[None]:
+    """Run `workers` in the background; on exit, shut them down (running activities are cancelled and
+    retried by Temporal elsewhere or after a restart)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        yield
+
+
+def register(store: StateStore, cfg: TargetConfig) -> None:
+    """Make the target known to the service (the API accepts migrations onto known targets only)."""
+    reg = getattr(store, "register_target", None)
+    if callable(reg):
+        reg(
+            cfg.name,
+            {
+                "root": str(cfg.root),
+                "concurrency": cfg.concurrency,
+                "host": cfg.host or socket.gethostname(),
+                "os_user": cfg.os_user,
+                "agent": True,
+            },
+        )
+
+
+async def run_agent(
+    cfg: TargetConfig,
+    temporal: str,
+    store: StateStore,
+    *,
+    namespace: str = "default",
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve `cfg`'s task queues until `stop` is set (or SIGINT/SIGTERM when not given)."""
+    from ferry.service.temporal_dev import connect
+
+    prepare_root(cfg)
+    register(store, cfg)
+    client = await connect(temporal, namespace)
+    stop = stop or _on_signals()
+    async with running(target_workers(client, store, cfg)):
+        log.info(
+            "agent of target %s serving %s and %s",
+            cfg.name,
+            io.restore_queue(cfg.name),
+            io.ops_queue(cfg.name),
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+
+
+def _on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def default_root(data: Path) -> Path:
+    return data / "targets"

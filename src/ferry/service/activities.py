@@ -1,0 +1,653 @@
+"""The migration workflow's activities: the steps of engines/postgres/migration.py, run by Temporal workers.
+
+Two classes, by where they run:
+
+- `ControlActivities` (task queue `ferry-control`, served by `ferry serve`): record state changes and
+  events in the state store for the workflow.
+- `TargetActivities` (the target's queues, served by its agent, `ferry agent` or in `ferry serve`):
+  validate, restore_base, replay, cutover, stop_target. They hold the state store too: each step appends
+  a "step" event with what it did and its timings, and replay writes the live status.
+
+Every target activity is idempotent, judged by the target itself, so a retry after a crash (of the agent,
+of `ferry serve`, of the host) is always safe:
+
+- validate reopens the migration's folder when it exists (same system identifier), else creates it;
+- restore_base is skipped when the folder already holds the restored data directory (target phase
+  RESTORED, RECOVERY or PROMOTED); an interrupted unpack (data.partial) starts over;
+- replay configures recovery only once (phase RESTORED), starts the server only when it is not running,
+  and PostgreSQL resumes from its own restartpoint; the prefetcher follows the server's replay position;
+- cutover on a target that is already promoted returns the result recorded in its folder then.
+
+Sync activities run in threads; each body runs shielded from the SDK's asynchronous CancelledError and
+checks for cancellation where stopping is safe (between replay polls, between unpacked chunks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from ferry.core.errors import FerryError, UsageError
+from ferry.core.migration import InvalidTransition, MigrationStatus, State
+from ferry.engines.postgres import migration as pgm
+from ferry.engines.postgres.cluster import free_port, port_in_use
+from ferry.engines.postgres.cutover import CutoverRequest
+from ferry.engines.postgres.target import (
+    TARGET_FILE,
+    ArchiveEntryError,
+    ExtractProgress,
+    ManifestMismatch,
+    Phase,
+    PostgresTarget,
+    TargetError,
+    read_record,
+)
+from ferry.engines.postgres.wal import format_lsn, parse_segment_name
+from ferry.service import workflow_io as io
+from ferry.service.contracts import StateStore
+
+log = logging.getLogger(__name__)
+
+REPLAY_FILE = "ferry-replay.json"  # where replay was first seen: kept in the target folder for the result
+STATUS_EVERY = 1.5  # seconds between status writes to the store
+BEHIND_GRACE = 10.0  # seconds behind before ReadyForCutover goes back to RestoringLogs (no flapping)
+REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
+
+PERMANENT: tuple[type[BaseException], ...] = (
+    pgm.MigrationBlocked,
+    UsageError,
+    TargetError,
+    ArchiveEntryError,
+    ManifestMismatch,
+    InvalidTransition,
+)
+
+
+class UnknownTarget(FerryError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"this worker does not serve target '{name}'",
+            f"it serves {', '.join(known) or 'no target'}; start `ferry agent --target {name}` on its host",
+        )
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """A target this worker serves: migrations go to ROOT/<migration id>, at most `concurrency` restores
+    at once; servers run as `os_user` when Ferry runs as root."""
+
+    name: str
+    root: Path
+    concurrency: int = 4
+    os_user: str | None = None
+    host: str | None = None
+
+    def folder(self, migration_id: str) -> Path:
+        return self.root / migration_id
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _as_application_error(exc: BaseException) -> BaseException:
+    """Ferry's errors as ApplicationErrors the workflow reads: permanent ones are non-retryable."""
+    if isinstance(exc, ApplicationError | CancelledError) or not isinstance(exc, FerryError):
+        return exc
+    permanent = isinstance(exc, PERMANENT)
+    kind = type(exc).__name__
+    if permanent and kind not in io.NON_RETRYABLE:
+        kind = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in io.NON_RETRYABLE), kind)
+    return ApplicationError(exc.message, exc.hint, type=kind, non_retryable=permanent)
+
+
+class _Progress:
+    """A StatusReporter sink: heartbeats, status writes to the store (throttled) and, while replaying, the
+    RestoringLogs / ReadyForCutover flips (with a grace period before falling back, so a segment that
+    arrives and is replayed within seconds does not flap the state)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        migration_id: str,
+        state: State,
+        *,
+        flips: bool = False,
+        notify: Callable[[str, io.ProgressSignal], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.migration_id = migration_id
+        self.recorded = state
+        self.flips = flips
+        self.notify = notify
+        self.behind_since: float | None = None
+        self.last_write = 0.0
+        self.last: MigrationStatus | None = None
+
+    def __call__(self, status: MigrationStatus) -> None:
+        self.last = status
+        activity.heartbeat(status.target_position or status.bytes_done)
+        now = time.monotonic()
+        flip: State | None = None
+        if self.flips:
+            if status.state is self.recorded:
+                self.behind_since = None
+            elif status.state is State.READY_FOR_CUTOVER and self.recorded is State.RESTORING_LOGS:
+                flip = State.READY_FOR_CUTOVER
+            elif status.state is State.RESTORING_LOGS and self.recorded is State.READY_FOR_CUTOVER:
+                self.behind_since = self.behind_since or now
+                if now - self.behind_since >= BEHIND_GRACE:
+                    flip = State.RESTORING_LOGS
+        data = status.to_json()
+        data["state"] = (flip or self.recorded).value
+        try:
+            if flip is not None:
+                try:
+                    self.store.set_state(self.migration_id, flip, status=data)
+                except InvalidTransition:
+                    return  # the workflow moved the migration on (cutover, cancel): its word stands
+                self.recorded, self.behind_since, self.last_write = flip, None, now
+                if self.notify is not None:
+                    self.notify(self.migration_id, io.ProgressSignal(flip.value, data))
+            elif now - self.last_write >= STATUS_EVERY:
+                self.store.set_status(self.migration_id, data)
+                self.last_write = now
+        except Exception as exc:  # a status write must not end a restore: the next one tries again
+            log.warning("cannot record the status of %s: %s", self.migration_id, exc)
+
+    def flush(self) -> None:
+        if self.last is not None:
+            data = self.last.to_json()
+            data["state"] = self.recorded.value
+            with contextlib.suppress(Exception):
+                self.store.set_status(self.migration_id, data)
+
+
+@contextlib.contextmanager
+def _keepalive(every: float = 2.0) -> Iterator[None]:
+    """Heartbeat from a helper thread while the block runs: blocking calls without progress callbacks
+    (scanning a store, starting a server, promoting) keep their activity alive, and a dead worker still
+    stops heartbeating at once."""
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def beat() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(Exception):
+                context.run(activity.heartbeat, "alive")
+
+    thread = threading.Thread(target=beat, name="ferry-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _check_cancel() -> None:
+    if activity.is_cancelled():
+        raise CancelledError("canceled")
+
+
+class ControlActivities:
+    """State changes and events, recorded in the state store (task queue `ferry-control`)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    @activity.defn(name=io.A_RECORD_STATE)
+    def record_state(self, change: io.StateChange) -> str:
+        state = State(change.state)
+        try:
+            record = self.store.set_state(change.migration_id, state, change.status, change.error)
+        except FerryError as exc:
+            raise _as_application_error(exc) from None
+        return record.state.value
+
+    @activity.defn(name=io.A_RECORD_EVENT)
+    def record_event(self, event: io.EventInput) -> int:
+        return self.store.append_event(event.migration_id, event.kind, event.message, event.data).seq
+
+
+class TargetActivities:
+    """The steps on a target host. `targets`: the targets this worker serves, by name. `notify` tells a
+    workflow of a state flip (a Temporal signal; None: the store alone knows)."""
+
+    Notify = Callable[[str, io.ProgressSignal], None]
+
+    def __init__(
+        self,
+        store: StateStore,
+        targets: Mapping[str, TargetConfig],
+        notify: Notify | None = None,
+    ) -> None:
+        self.store = store
+        self.targets = dict(targets)
+        self.notify = notify
+        self._ports_lock = threading.Lock()
+        self._reserved: set[int] = set()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _config(self, name: str) -> TargetConfig:
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise UnknownTarget(name, sorted(self.targets)) from None
+
+    def _spec(self, m: io.MigrationInput, port: int | None = None) -> pgm.MigrationSpec:
+        cfg = self._config(m.target)
+        return pgm.MigrationSpec(
+            m.source,
+            cfg.folder(m.id),
+            online=m.mode == "online",
+            port=port,
+            os_user=cfg.os_user,
+            poll_interval=REPLAY_POLL,
+        )
+
+    def _allocate_port(self, cfg: TargetConfig) -> int:
+        """A free port no other migration of this target has: ports are taken when the servers start,
+        long after they are chosen, so two migrations set up at once must not pick the same."""
+        with self._ports_lock:
+            used = set(self._reserved)
+            for record_file in cfg.root.glob(f"*/{TARGET_FILE}"):
+                with contextlib.suppress(FerryError, OSError):
+                    used.add(read_record(record_file.parent).port)
+            for _ in range(200):
+                port = free_port()
+                if port not in used and not port_in_use(port):
+                    self._reserved.add(port)
+                    return port
+        raise TargetError("no free TCP port for a target server", "free some ports on the target host")
+
+    def _event(self, migration_id: str, kind: str, message: str, **data: Any) -> None:
+        try:
+            self.store.append_event(migration_id, kind, message, data)
+        except Exception as exc:
+            log.warning("cannot record an event of %s: %s", migration_id, exc)
+
+    @contextlib.contextmanager
+    def _activity(self, migration_id: str, step: str) -> Iterator[None]:
+        """Shield the body from asynchronous cancellation; turn Ferry's errors into ApplicationErrors and
+        record them as events."""
+        with activity.shield_thread_cancel_exception(), _keepalive():
+            try:
+                yield
+            except CancelledError:
+                raise
+            except FerryError as exc:
+                hint = f" (hint: {exc.hint})" if exc.hint else ""
+                self._event(
+                    migration_id,
+                    "error",
+                    f"{step} failed: {exc.message}{hint}",
+                    step=step,
+                    attempt=activity.info().attempt,
+                    error=type(exc).__name__,
+                )
+                raise _as_application_error(exc) from None
+            except Exception as exc:
+                self._event(
+                    migration_id,
+                    "error",
+                    f"{step} failed: {type(exc).__name__}: {exc}",
+                    step=step,
+                    attempt=activity.info().attempt,
+                )
+                raise
+
+    def _open(self, inp: io.StepInput) -> tuple[PostgresTarget, io.Prepared]:
+        assert inp.prepared is not None
+        return PostgresTarget.open(Path(inp.prepared.target_root)), inp.prepared
+
+    @staticmethod
+    def _wal(m: io.MigrationInput, p: io.Prepared) -> pgm.WalSource:
+        return pgm.WalSource(m.source, p.timeline, p.segment_size)
+
+    # -- validate -------------------------------------------------------------------------------
+
+    @activity.defn(name=io.A_VALIDATE)
+    def validate(self, inp: io.StepInput) -> io.Prepared:
+        m = inp.migration
+        with self._activity(m.id, "validate"):
+            started, t0 = _now(), time.monotonic()
+            cfg = self._config(m.target)
+            spec = self._spec(m)
+            plan = pgm.validate(spec)
+            walk = plan.chain.walk
+            assert walk is not None
+            until = self._until_lsn(m, plan)
+            folder = cfg.folder(m.id)
+            if not (folder / TARGET_FILE).exists():
+                spec = self._spec(m, port=self._allocate_port(cfg))
+            target = pgm.prepare_target(spec, plan)
+            base = pgm.BaseBackupRef.of(plan)
+            phase = target.phase()
+            warnings = [f.message for f in plan.findings if f.severity.value != "error"]
+            self._event(
+                m.id,
+                "step",
+                f"validated '{m.source}': base backup {base.tar}, timeline {walk.target_timeline}, "
+                f"WAL to {format_lsn(walk.end_lsn)}; target folder {folder} (port "
+                f"{target.record.port}, {phase.value})",
+                step="validate",
+                command=f"scan {m.source}; choose the restore chain",
+                started_at=started,
+                finished_at=_now(),
+                seconds=round(time.monotonic() - t0, 3),
+                bytes=base.size,
+                target_folder=str(folder),
+                port=target.record.port,
+                phase=phase.value,
+                warnings=warnings[:20],
+                attempt=activity.info().attempt,
+            )
+            return io.Prepared(
+                target_root=str(target.root),
+                port=target.record.port,
+                system_identifier=str(plan.source.system_identifier),
+                phase=phase.value,
+                base_tar=base.tar,
+                base_archives=list(base.archives),
+                base_manifest=base.manifest,
+                base_size=base.size,
+                base_start_lsn=base.start_lsn,
+                timeline=walk.target_timeline,
+                segment_size=plan.source.segment_size,
+                archive_end_lsn=walk.end_lsn,
+                until_lsn=until,
+            )
+
+    @staticmethod
+    def _until_lsn(m: io.MigrationInput, plan: pgm.SourcePlan) -> int | None:
+        """Offline with a last backup (a WAL file name): replay through that segment, then cut over."""
+        if m.mode != "offline" or not m.last_backup:
+            return None
+        name = m.last_backup.rstrip("/").rsplit("/", 1)[-1]
+        parsed = parse_segment_name(name, plan.source.segment_size)
+        if parsed is None:
+            raise UsageError(
+                f"last backup '{m.last_backup}' is not a WAL segment name",
+                "for PostgreSQL, name the last WAL file to restore (e.g. 000000010000000000000042)",
+            )
+        return parsed.end_lsn(plan.source.segment_size)
+
+    # -- restore_base ----------------------------------------------------------------------------
+
+    @activity.defn(name=io.A_RESTORE_BASE)
+    def restore_base(self, inp: io.StepInput) -> io.RestoreDone:
+        m = inp.migration
+        with self._activity(m.id, "restore_base"):
+            target, p = self._open(inp)
+            phase = target.phase()
+            if phase not in (Phase.NEW, Phase.INTERRUPTED):
+                self._event(
+                    m.id,
+                    "step",
+                    f"restore_base skipped: {target.root} already holds the restored "
+                    f"data directory ({phase.value})",
+                    step="restore_base",
+                    skipped=True,
+                    seconds=0.0,
+                    bytes=0,
+                    attempt=activity.info().attempt,
+                )
+                return io.RestoreDone(skipped=True)
+            sink = _Progress(self.store, m.id, State.RESTORING_FULL)
+            reporter = pgm.StatusReporter(sink, State.RESTORING_FULL, "unpacking the base backup")
+            started, t0 = _now(), time.monotonic()
+            points: list[tuple[float, int]] = []
+
+            def progress(x: ExtractProgress) -> None:
+                _check_cancel()  # stops the unpack between chunks; data.partial is redone next time
+                now = time.monotonic()
+                points.append((now, x.archive_bytes_done))
+                while len(points) > 2 and now - points[0][0] > 5:
+                    points.pop(0)
+                (ta, a), (tb, b) = points[0], points[-1]
+                reporter.emit(
+                    phase="unpacking the base backup",
+                    bytes_done=x.archive_bytes_done,
+                    bytes_total=x.archive_bytes_total,
+                    current_file=x.current,
+                    throughput=(b - a) / (tb - ta) if tb > ta else None,
+                )
+
+            ref = pgm.BaseBackupRef(
+                m.source, p.base_tar, tuple(p.base_archives), p.base_manifest, p.base_size, p.base_start_lsn
+            )
+            if phase is Phase.INTERRUPTED:
+                self._event(
+                    m.id,
+                    "info",
+                    "an earlier unpack was interrupted: starting it over",
+                    step="restore_base",
+                    attempt=activity.info().attempt,
+                )
+            result = pgm.restore_base(target, ref, progress)
+            reporter.emit(
+                phase="base backup restored",
+                bytes_done=result.archive_bytes,
+                current_file=None,
+                last_file=p.base_tar,
+            )
+            sink.flush()
+            seconds = time.monotonic() - t0
+            self._event(
+                m.id,
+                "step",
+                f"restored base backup {p.base_tar}: {result.files} files, {result.data_bytes} bytes "
+                f"in {seconds:.1f} s",
+                step="restore_base",
+                skipped=result.skipped,
+                command=f"unpack {', '.join(p.base_archives)} into {target.data}; check sizes "
+                f"against backup_manifest",
+                started_at=started,
+                finished_at=_now(),
+                seconds=round(seconds, 3),
+                bytes=result.archive_bytes,
+                data_bytes=result.data_bytes,
+                files=result.files,
+                verified=result.verified,
+                attempt=activity.info().attempt,
+            )
+            return io.RestoreDone(
+                skipped=result.skipped,
+                archive_bytes=result.archive_bytes,
+                data_bytes=result.data_bytes,
+                files=result.files,
+                seconds=round(seconds, 3),
+            )
+
+    # -- replay ----------------------------------------------------------------------------------
+
+    @activity.defn(name=io.A_REPLAY)
+    def replay(self, inp: io.StepInput) -> io.ReplayDone:
+        m = inp.migration
+        with self._activity(m.id, "replay"):
+            target, p = self._open(inp)
+            attempt = activity.info().attempt
+            if attempt > 1:
+                self._event(
+                    m.id,
+                    "info",
+                    f"replay resumed (attempt {attempt}) from the target's own position",
+                    step="replay",
+                    attempt=attempt,
+                )
+            sink = _Progress(
+                self.store, m.id, State.RESTORING_LOGS, flips=m.mode == "online", notify=self.notify
+            )
+            reporter = pgm.StatusReporter(sink, State.RESTORING_LOGS, "starting the target server")
+            started, t0 = _now(), time.monotonic()
+            spec = self._spec(m)
+            wal = self._wal(m, p)
+            start_status = pgm.start_recovery(target, wal.location, wait=5)
+            first = start_status.position
+
+            def should_stop() -> CutoverRequest | None:
+                _check_cancel()
+                return None
+
+            def finished(how: str) -> None:
+                sink.flush()
+                last = sink.last.target_position if sink.last else None
+                self._event(
+                    m.id,
+                    "step",
+                    f"replay {how}: from {format_lsn(first) if first is not None else '?'} to {last}",
+                    step="replay",
+                    command=f"standby replaying WAL from {m.source} (restore_command + prefetch spool)",
+                    started_at=started,
+                    finished_at=_now(),
+                    seconds=round(time.monotonic() - t0, 3),
+                    from_lsn=format_lsn(first) if first is not None else None,
+                    to_lsn=last,
+                    attempt=attempt,
+                )
+
+            with pgm.Replay(
+                target, wal, reporter, prefetch_depth=spec.prefetch_depth, poll_interval=spec.poll_interval
+            ) as rep:
+                try:
+                    request = rep.follow(
+                        should_stop,
+                        until_settled=not spec.online and p.until_lsn is None,
+                        until_lsn=p.until_lsn,
+                    )
+                except CancelledError:
+                    self._remember_start(target.root, rep.started)
+                    finished("stopped (cutover or cancel)")
+                    raise
+                self._remember_start(target.root, rep.started)
+                begun = rep.started
+            finished("reached the end" if p.until_lsn is None else f"reached {format_lsn(p.until_lsn)}")
+            return io.ReplayDone(
+                begun[0] if begun else None,
+                begun[1] if begun else None,
+                request.requested_at,
+                request.final_lsn,
+            )
+
+    @staticmethod
+    def _remember_start(root: Path, started: tuple[float, int] | None) -> None:
+        path = root / REPLAY_FILE
+        if started is None or path.exists():
+            return
+        tmp = path.with_name(f".{REPLAY_FILE}.tmp")
+        tmp.write_text(json.dumps({"started_at": started[0], "started_lsn": started[1]}))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _recall_start(root: Path) -> tuple[float, int] | None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            raw = json.loads((root / REPLAY_FILE).read_text())
+            return float(raw["started_at"]), int(raw["started_lsn"])
+        return None
+
+    # -- cutover ---------------------------------------------------------------------------------
+
+    @activity.defn(name=io.A_CUTOVER)
+    def cutover(self, inp: io.CutoverInput) -> dict[str, Any]:
+        m = inp.step.migration
+        with self._activity(m.id, "cutover"):
+            target, p = self._open(inp.step)
+            recorded = pgm.recorded_result(target.root)
+            if target.phase() is Phase.PROMOTED and recorded is not None:
+                self._event(
+                    m.id,
+                    "step",
+                    "cutover skipped: the target is already promoted; its recorded result stands",
+                    step="cutover",
+                    skipped=True,
+                    seconds=0.0,
+                    attempt=activity.info().attempt,
+                )
+                return recorded.to_json()
+            sink = _Progress(self.store, m.id, State.CUTTING_OVER)
+            reporter = pgm.StatusReporter(sink, State.CUTTING_OVER, "cutting over")
+            started, t0 = _now(), time.monotonic()
+            replay_started = (
+                (inp.replay_started_at, inp.replay_started_lsn)
+                if inp.replay_started_at is not None and inp.replay_started_lsn is not None
+                else self._recall_start(target.root)
+            )
+            result = pgm.cut_over(
+                target,
+                self._spec(m),
+                self._wal(m, p),
+                CutoverRequest(inp.requested_at, inp.final_lsn),
+                reporter,
+                restored=(inp.restored_bytes, inp.restore_seconds),
+                replay_started=replay_started,
+                check=lambda: activity.heartbeat("cutover"),
+            )
+            sink.flush()
+            what = f"replay to {inp.final_lsn}" if inp.final_lsn else "replay to the end of the archive"
+            self._event(
+                m.id,
+                "step",
+                f"cut over: promoted at {result.promoted_at_lsn}, writes verified; downtime "
+                f"{result.downtime_seconds} s",
+                step="cutover",
+                command=f"{what}; pg_promote(); commit a test transaction",
+                started_at=started,
+                finished_at=_now(),
+                seconds=round(time.monotonic() - t0, 3),
+                bytes=result.replayed_bytes,
+                downtime_seconds=result.downtime_seconds,
+                promoted_at_lsn=result.promoted_at_lsn,
+                final_lsn=result.final_lsn,
+                attempt=activity.info().attempt,
+            )
+            return result.to_json()
+
+    # -- stop (cancel) ---------------------------------------------------------------------------
+
+    @activity.defn(name=io.A_STOP_TARGET)
+    def stop_target(self, inp: io.StepInput) -> str:
+        """Cancel: stop the target server with a fast shutdown. The folder stays as it is (data directory
+        in recovery, its log, the spool) for inspection; remove it when done. The source is never touched."""
+        m = inp.migration
+        with self._activity(m.id, "stop_target"):
+            folder = self._config(m.target).folder(m.id)
+            if not (folder / TARGET_FILE).exists():
+                self._event(
+                    m.id,
+                    "step",
+                    "canceled before a target folder was made: nothing to stop",
+                    step="stop_target",
+                    seconds=0.0,
+                )
+                return "none"
+            t0 = time.monotonic()
+            target = PostgresTarget.open(folder)
+            running = target.phase() not in (Phase.NEW, Phase.INTERRUPTED) and target.cluster.is_running()
+            if running:
+                target.stop("fast")
+            self._event(
+                m.id,
+                "step",
+                f"target server {'stopped' if running else 'was not running'}; folder {folder} kept "
+                f"({target.phase().value}) for inspection",
+                step="stop_target",
+                command="pg_ctl stop -m fast" if running else "",
+                seconds=round(time.monotonic() - t0, 3),
+                target_folder=str(folder),
+            )
+            return "stopped" if running else "not running"

@@ -1,0 +1,289 @@
+"""`ferry serve`: everything in one process. The state store, the API token, a local Temporal dev server
+(unless `--temporal HOST:PORT`), an in-process worker for the control queue (the workflows and their
+bookkeeping) and one agent per local target, and the REST API on uvicorn.
+
+The data folder (default: FERRY_HOME, else ~/.local/share/ferry) holds:
+
+```
+DATA/state.db            the state store (SQLite; `--store URL` for PostgreSQL), 0600
+DATA/api-token.hash      the API token's salted hash, 0600
+DATA/temporal.db         the embedded Temporal's SQLite file (workflows survive restarts), 0600
+DATA/temporal.pid        the embedded Temporal's pid and port while it runs
+DATA/log/temporal.log    its log
+DATA/targets/<id>/       the default local target: one folder per migration (engines/postgres/target.py)
+```
+
+PostgreSQL target servers run as an unprivileged OS user, which must reach the target folders: when a
+local target lies inside DATA, DATA is made 0711 (enterable, not listable) and its files stay 0600.
+
+SIGINT / SIGTERM stop the API, then the workers (running activities are handed back to Temporal), then the
+embedded Temporal. After a kill -9, start it again: Temporal's SQLite file has every workflow, the workers
+pick their activities up again (a heartbeat timeout after the kill), and each step resumes from the
+target's own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from ferry.core.errors import UsageError
+from ferry.service import workflow_io as io
+from ferry.service.activities import ControlActivities, TargetConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8470
+DEFAULT_CONCURRENCY = 4
+DEFAULT_TARGET = "local"  # the target `ferry serve` serves when no --target is given: DATA/targets
+CONTROL_SLOTS = 200
+
+
+@dataclass
+class ServeOptions:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    temporal: str | None = None  # HOST:PORT of an existing cluster; None: the embedded dev server
+    temporal_port: int | None = None  # the embedded server's port (default: a free one)
+    namespace: str = "default"
+    targets: list[TargetConfig] = field(default_factory=list)  # served here (local agents)
+    remote_targets: list[str] = field(default_factory=list)  # served by `ferry agent` elsewhere
+    local_agent: bool = True
+    store_url: str | None = None
+    reset_token: bool = False
+    save_token: bool = False
+    os_user: str | None = None  # of the default target (DATA/targets) when no --target is given
+
+
+def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetConfig | str:
+    """`NAME=ROOT[:CONCURRENCY]`: a target served here, its migrations in ROOT/<id>, at most CONCURRENCY
+    restores at once (default 4). `NAME`: a target served by `ferry agent` on its own host."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not name or not all(c.isalnum() or c in "._-" for c in name):
+        raise UsageError(
+            f"--target '{text}': '{name}' is not a target name",
+            "use letters, digits, '.', '_' or '-', e.g. --target pg-east=/srv/ferry/targets:4",
+        )
+    if not sep:
+        return name
+    root_text, concurrency = rest, DEFAULT_CONCURRENCY
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail.isdigit():
+        root_text, concurrency = head, int(tail)
+    if not root_text:
+        raise UsageError(f"--target '{text}' names no folder", "write NAME=ROOT[:CONCURRENCY]")
+    if concurrency < 1:
+        raise UsageError(f"--target '{text}': the concurrency must be at least 1", "e.g. NAME=ROOT:4")
+    return TargetConfig(name, Path(os.path.abspath(root_text)), concurrency, os_user, socket.gethostname())
+
+
+class StoreTargets(Mapping[str, Any]):
+    """The API's view of the known targets, read from the store at each use (agents register themselves)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def _load(self) -> dict[str, Any]:
+        from ferry.service.api import TargetInfo
+
+        known: dict[str, dict[str, Any]] = self.store.targets()
+        return {
+            name: TargetInfo(name, "postgres", data.get("host"), str(data.get("description", "")))
+            for name, data in known.items()
+        }
+
+    def __getitem__(self, name: str) -> Any:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 if it does not exist (SQLite keeps the mode, also for -wal/-shm)."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+
+
+def prepare_data(options: ServeOptions) -> None:
+    data = options.data
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    inside = [t for t in options.targets if t.root == data or data in t.root.parents]
+    if inside and options.local_agent:
+        mode = stat.S_IMODE(data.stat().st_mode)
+        if mode & 0o011 != 0o011:
+            os.chmod(data, mode | 0o011)  # enterable by the servers' OS user, still not listable
+    (data / "log").mkdir(exist_ok=True, mode=0o700)
+
+
+class Service:
+    """What `ferry serve` runs. `say` prints a line for the user (the token, the addresses)."""
+
+    def __init__(self, options: ServeOptions, say: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        self.say = say or (lambda text: print(text, flush=True))
+        self.address: str | None = None
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        from ferry.agent.worker import prepare_root, register, running, target_workers
+        from ferry.service.api import create_app
+        from ferry.service.auth import TokenVerifier, ensure_token, reset_token, save_token
+        from ferry.service.orchestrator import TemporalOrchestrator
+        from ferry.service.store import SqlStateStore
+        from ferry.service.temporal_dev import DevServer, connect
+
+        opts = self.options
+        if not opts.targets and not opts.remote_targets and opts.local_agent:
+            opts.targets = [
+                TargetConfig(
+                    DEFAULT_TARGET, opts.data / "targets", DEFAULT_CONCURRENCY, host=socket.gethostname()
+                )
+            ]
+        _check_port_free(opts.host, opts.port)
+        prepare_data(opts)
+        if opts.local_agent:
+            for cfg in opts.targets:
+                prepare_root(cfg)
+        url = opts.store_url
+        if url is None:
+            _private_file(opts.data / "state.db")
+            url = f"sqlite:///{opts.data / 'state.db'}"
+        store = SqlStateStore(url)
+        dev: DevServer | None = None
+        try:
+            known = store.targets()
+            for cfg in opts.targets:
+                register(store, cfg)
+            for name in opts.remote_targets:
+                if name not in known:
+                    store.register_target(name, {"agent": False})
+            token = reset_token(opts.data) if opts.reset_token else ensure_token(opts.data)
+            if token is not None:
+                self.say(f"API token (shown once; keep it, e.g. in FERRY_TOKEN): {token}")
+                if opts.save_token:
+                    self.say(f"token saved in {save_token(token)}")
+            if opts.temporal:
+                self.address = opts.temporal
+                client = await connect(opts.temporal, opts.namespace)
+            else:
+                dev = DevServer(opts.data, opts.temporal_port)
+                client = await dev.start()
+                self.address = dev.address
+            stop = stop or _on_signals()
+            workers = [self._control_worker(client, store)]
+            if opts.local_agent:
+                for cfg in opts.targets:
+                    workers += target_workers(client, store, cfg)
+            orchestrator = TemporalOrchestrator(client, store)
+            app = create_app(store, orchestrator, TokenVerifier(opts.data), StoreTargets(store))
+            server = _Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
+                                            access_log=False, lifespan="off"))  # fmt: skip
+            async with running(workers):
+                serving = asyncio.create_task(server.serve())
+                await _started(server, serving)
+                where = (
+                    f"embedded Temporal at {self.address} ({opts.data / 'temporal.db'})"
+                    if dev
+                    else (f"Temporal at {self.address}")
+                )
+                local = ", ".join(f"{t.name} ({t.root}, {t.concurrency} restores)" for t in opts.targets)
+                self.say(f"Ferry API on http://{opts.host}:{opts.port} · {where}")
+                self.say(
+                    f"targets: {local or 'none here'}"
+                    + (f" · remote: {', '.join(opts.remote_targets)}" if opts.remote_targets else "")
+                )
+                self.say("ready")
+                waiter = asyncio.create_task(stop.wait())
+                await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                server.should_exit = True
+                await serving
+                waiter.cancel()
+                self.say("stopping: API down, handing running steps back to Temporal")
+        finally:
+            if dev is not None:
+                dev.stop()
+            store.close()
+
+    def _control_worker(self, client: Any, store: Any) -> Any:
+        from temporalio.worker import Worker
+
+        from ferry.service.workflows import MigrationWorkflow
+
+        ctl = ControlActivities(store)
+        return Worker(
+            client,
+            task_queue=io.CONTROL_QUEUE,
+            workflows=[MigrationWorkflow],
+            activities=[ctl.record_state, ctl.record_event],
+            activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
+            max_concurrent_activities=CONTROL_SLOTS,
+        )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot serve the API on {host}:{port}: {exc.strerror}",
+                "another `ferry serve` may run there; stop it or choose another --port",
+            ) from None
+
+
+async def _started(server: Any, serving: asyncio.Task[None]) -> None:
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise UsageError("the API server stopped at start", "see the messages above")
+        await asyncio.sleep(0.05)
+
+
+def _on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: Ferry stops it, then the workers, then Temporal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def default_data() -> Path:
+    from ferry.service.auth import data_folder
+
+    return data_folder()
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the service in the foreground until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    asyncio.run(Service(options).run())

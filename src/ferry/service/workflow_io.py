@@ -1,0 +1,159 @@
+"""What the migration workflow, its activities and the orchestrator pass each other through Temporal.
+
+Stdlib only (the workflow sandbox imports this module): task queue names, activity names, and small
+JSON-friendly dataclasses. Changing a field here changes what running workflows replay: add fields with
+defaults, never rename or remove one while workflows of the old shape may still run.
+
+Task queues:
+
+- `ferry-control`: the workflows themselves and the activities that record state changes and events in
+  the state store. Served by `ferry serve` (its in-process worker).
+- `ferry-target-<name>`: restore_base, the heavy step. The agent of target <name> serves it with at most
+  `--concurrency` activities at once: that is the target's limit of restores in parallel.
+- `ferry-target-<name>-ops`: validate (scan + plan + target folder), replay (one long-running activity per
+  online migration, mostly waiting on PostgreSQL), cutover and stop_target. Served by the same agent with
+  a high limit, so a target holds any number of migrations in replay while only `--concurrency` of them
+  unpack base backups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTROL_QUEUE = "ferry-control"
+WORKFLOW_NAME = "ferry.migration"
+
+# Activity names (the workflow refers to them by name: it never imports the activities' code).
+A_RECORD_STATE = "ferry.record_state"
+A_RECORD_EVENT = "ferry.record_event"
+A_VALIDATE = "ferry.validate"
+A_RESTORE_BASE = "ferry.restore_base"
+A_REPLAY = "ferry.replay"
+A_CUTOVER = "ferry.cutover"
+A_STOP_TARGET = "ferry.stop_target"
+
+# Signals and queries.
+S_CUTOVER = "cutover"
+S_CANCEL = "cancel"
+S_PROGRESS = "progress"
+Q_STATUS = "status"
+
+# Error types raised by activities that no retry can fix (ApplicationError.type).
+NON_RETRYABLE = (
+    "MigrationBlocked",
+    "UsageError",
+    "TargetError",
+    "ArchiveEntryError",
+    "ManifestMismatch",
+    "InvalidTransition",
+    "UnknownMigration",
+    "UnknownTarget",
+)
+
+
+def restore_queue(target: str) -> str:
+    """Where the restores of `target` run, at most its concurrency at once."""
+    return f"ferry-target-{target}"
+
+
+def ops_queue(target: str) -> str:
+    """Where the light, long-running work on `target` runs: validate, replay, cutover, stop."""
+    return f"ferry-target-{target}-ops"
+
+
+@dataclass
+class MigrationInput:
+    """The workflow's input: one migration, one run (a retry starts a new run with attempt + 1)."""
+
+    id: str
+    source: str
+    target: str
+    mode: str = "online"  # "online" | "offline"
+    last_backup: str | None = None
+    attempt: int = 1
+
+
+@dataclass
+class CutoverSignal:
+    requested_at: float  # time.time() when the cutover was asked for: downtime is measured from here
+    final_lsn: str | None = None
+
+
+@dataclass
+class ProgressSignal:
+    """Sent by the replay activity when the target moves between RestoringLogs and ReadyForCutover."""
+
+    state: str
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StateChange:
+    migration_id: str
+    state: str
+    status: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class EventInput:
+    migration_id: str
+    kind: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """What validate found and set up: the base backup, the WAL to follow and the target folder."""
+
+    target_root: str
+    port: int
+    system_identifier: str
+    phase: str  # the target folder's phase (target.Phase) when validate looked
+    base_tar: str
+    base_archives: list[str]
+    base_manifest: str | None
+    base_size: int
+    base_start_lsn: int
+    timeline: int
+    segment_size: int
+    archive_end_lsn: int
+    until_lsn: int | None = None  # offline with a last backup: replay to here, then cut over
+
+
+@dataclass
+class StepInput:
+    migration: MigrationInput
+    prepared: Prepared | None = None
+
+
+@dataclass
+class RestoreDone:
+    skipped: bool
+    archive_bytes: int = 0
+    data_bytes: int = 0
+    files: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ReplayDone:
+    """How a replay activity ended (offline: at the end of the archive or the last backup)."""
+
+    started_at: float | None
+    started_lsn: int | None
+    requested_at: float
+    final_lsn: str | None = None
+
+
+@dataclass
+class CutoverInput:
+    step: StepInput
+    requested_at: float
+    final_lsn: str | None = None
+    restored_bytes: int = 0
+    restore_seconds: float = 0.0
+    replay_started_at: float | None = None
+    replay_started_lsn: int | None = None

@@ -1,0 +1,287 @@
+"""The durable migration workflow: one Temporal workflow per database migration (workflow id = migration id).
+
+It walks the states of core.migration (only along TRANSITIONS):
+
+    Queued -> Validating -> RestoringFull -> RestoringLogs <-> ReadyForCutover -> CuttingOver -> Succeeded
+                                   (offline: ... RestoringLogs -> CuttingOver, automatically)
+    any running state -> Failed (an activity failed for good) | Canceled (the `cancel` signal)
+
+Every state change is recorded through the `ferry.record_state` activity on the control queue, so the
+state store stays the source of truth the API reads. While an online migration replays, its replay
+activity moves it between RestoringLogs and ReadyForCutover in the store itself and tells the workflow with
+a `progress` signal (for the `status` query).
+
+Signals: `cutover` (CutoverSignal: when it was asked for, optional final LSN), `cancel`. Query: `status`.
+A cancel is honoured until the cutover starts; a cutover cannot be stopped half way.
+
+The code here is deterministic: no I/O, no clocks but workflow.now(); the activities do the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from ferry.service import workflow_io as io
+
+T = TypeVar("T")
+
+# Recording in the state store: quick, retried for as long as it takes (the store may be restarting).
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=["InvalidTransition", "UnknownMigration"],
+)
+# A step's heartbeat timeout: a dead agent is noticed within this, and its activity retried elsewhere.
+HEARTBEAT = timedelta(seconds=15)
+VALIDATE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=list(io.NON_RETRYABLE),
+)
+RESTORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=list(io.NON_RETRYABLE),
+)
+# Replay follows the archive for as long as the migration is online: retried without limit (a target
+# server that cannot start shows in the activity's failures and in the events of each new attempt).
+REPLAY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=0,
+    non_retryable_error_types=list(io.NON_RETRYABLE),
+)
+CUTOVER_RETRY = RESTORE_RETRY
+STOP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5
+)
+
+
+class _Canceled(Exception):
+    """The `cancel` signal arrived while a step ran or between steps."""
+
+
+def failure_message(err: BaseException) -> str:
+    """The message of the innermost cause a user can act on."""
+    cause: BaseException | None = err
+    message = str(err)
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            message = cause.message
+        elif isinstance(cause, TimeoutError):
+            message = f"a step timed out ({cause.type.name if cause.type else 'timeout'}): {cause.message}"
+        elif not isinstance(cause, ActivityError):
+            message = str(cause) or type(cause).__name__
+        cause = cause.__cause__
+    return message
+
+
+@workflow.defn(name=io.WORKFLOW_NAME)
+class MigrationWorkflow:
+    def __init__(self) -> None:
+        self._state = "Queued"
+        self._status: dict[str, Any] = {}
+        self._error: str | None = None
+        self._result: dict[str, Any] | None = None
+        self._attempt = 1
+        self._cutover: io.CutoverSignal | None = None
+        self._cancel = False
+        self._cutting = False
+
+    # -- signals and queries ------------------------------------------------------------------------
+
+    @workflow.signal(name=io.S_CUTOVER)
+    def cutover(self, signal: io.CutoverSignal) -> None:
+        if self._cutover is None:
+            self._cutover = signal
+
+    @workflow.signal(name=io.S_CANCEL)
+    def cancel(self) -> None:
+        if not self._cutting:  # a cutover that started is not stopped half way
+            self._cancel = True
+
+    @workflow.signal(name=io.S_PROGRESS)
+    def progress(self, signal: io.ProgressSignal) -> None:
+        if not self._cutting and self._state in ("RestoringLogs", "ReadyForCutover"):
+            self._state = signal.state
+            self._status = signal.status
+
+    @workflow.query(name=io.Q_STATUS)
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self._state,
+            "status": self._status,
+            "error": self._error,
+            "attempt": self._attempt,
+            "result": self._result,
+            "cutover_requested": self._cutover is not None,
+            "cancel_requested": self._cancel,
+        }
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: io.MigrationInput) -> dict[str, Any]:
+        self._attempt = inp.attempt
+        try:
+            self._result = await self._walk(inp)
+            return self.status()
+        except _Canceled:
+            await self._stop_target(inp)
+            await self._record(inp, "Canceled", phase="canceled: target server stopped, folder kept")
+            return self.status()
+        except (ActivityError, ApplicationError) as err:
+            self._error = failure_message(err)
+            await self._record(inp, "Failed", phase="failed", error=self._error)
+            return self.status()
+
+    async def _walk(self, inp: io.MigrationInput) -> dict[str, Any]:
+        online = inp.mode == "online"
+        if self._cancel:
+            raise _Canceled()
+        await self._record(inp, "Validating", phase="reading the source's backups")
+        prepared = await self._step(
+            workflow.start_activity(
+                io.A_VALIDATE,
+                io.StepInput(inp),
+                result_type=io.Prepared,
+                task_queue=io.ops_queue(inp.target),
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=VALIDATE_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        )
+        step = io.StepInput(inp, prepared)
+        restored = io.RestoreDone(skipped=True)
+        if prepared.phase in ("new", "interrupted"):
+            await self._record(
+                inp,
+                "RestoringFull",
+                phase="unpacking the base backup",
+                bytes_done=0,
+                bytes_total=prepared.base_size,
+            )
+            restored = await self._step(
+                workflow.start_activity(
+                    io.A_RESTORE_BASE,
+                    step,
+                    result_type=io.RestoreDone,
+                    task_queue=io.restore_queue(inp.target),
+                    start_to_close_timeout=timedelta(days=7),
+                    heartbeat_timeout=HEARTBEAT,
+                    retry_policy=RESTORE_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            )
+        await self._record(inp, "RestoringLogs", phase="starting the target server")
+        replay = workflow.start_activity(
+            io.A_REPLAY,
+            step,
+            result_type=io.ReplayDone,
+            task_queue=io.ops_queue(inp.target),
+            start_to_close_timeout=timedelta(days=365),
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=REPLAY_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        if online:
+            await workflow.wait_condition(lambda: replay.done() or self._cancel or self._cutover is not None)
+            if not replay.done():
+                replay.cancel()
+            try:
+                done: io.ReplayDone | None = await replay
+            except ActivityError as err:
+                if not isinstance(err.cause, CancelledError):
+                    raise
+                done = None
+            except asyncio.CancelledError:
+                done = None
+            if self._cancel:
+                raise _Canceled()
+            request = self._cutover
+            if request is None:  # replay ended by itself online: only the offline path does that
+                raise ApplicationError("replay ended without a cutover request", type="UsageError")
+        else:
+            ended = await self._step(replay)
+            done = ended
+            request = io.CutoverSignal(ended.requested_at, ended.final_lsn)
+        self._cutting = True
+        await self._record(inp, "CuttingOver", phase="cutting over")
+        result: dict[str, Any] = await workflow.execute_activity(
+            io.A_CUTOVER,
+            io.CutoverInput(
+                step,
+                requested_at=request.requested_at,
+                final_lsn=request.final_lsn,
+                restored_bytes=restored.archive_bytes,
+                restore_seconds=restored.seconds,
+                replay_started_at=done.started_at if done else None,
+                replay_started_lsn=done.started_lsn if done else None,
+            ),
+            result_type=dict,
+            task_queue=io.ops_queue(inp.target),
+            start_to_close_timeout=timedelta(days=1),
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=CUTOVER_RETRY,
+        )
+        await self._record(inp, "Succeeded", phase="done", result=result)
+        return result
+
+    async def _step(self, handle: workflow.ActivityHandle[T]) -> T:
+        """Wait for a step, or cancel it when the `cancel` signal comes first."""
+        if self._cancel:
+            handle.cancel()
+        await workflow.wait_condition(lambda: handle.done() or self._cancel)
+        if self._cancel:
+            if not handle.done():
+                handle.cancel()
+            with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                await handle
+            raise _Canceled()
+        return await handle
+
+    async def _record(
+        self, inp: io.MigrationInput, state: str, *, phase: str, error: str | None = None, **status: Any
+    ) -> None:
+        self._state = state
+        self._status = {"state": state, "phase": phase, **status}
+        if error is not None:
+            self._status["blocked_reason"] = error
+        await workflow.execute_activity(
+            io.A_RECORD_STATE,
+            io.StateChange(inp.id, state, self._status, error),
+            task_queue=io.CONTROL_QUEUE,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RECORD_RETRY,
+        )
+
+    async def _stop_target(self, inp: io.MigrationInput) -> None:
+        """Stop the target server (its folder stays). Best effort: a dead agent does not block Canceled."""
+        try:
+            await workflow.execute_activity(
+                io.A_STOP_TARGET,
+                io.StepInput(inp),
+                task_queue=io.ops_queue(inp.target),
+                schedule_to_close_timeout=timedelta(minutes=5),
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=STOP_RETRY,
+            )
+        except ActivityError as err:
+            await workflow.execute_activity(
+                io.A_RECORD_EVENT,
+                io.EventInput(inp.id, "error", f"could not stop the target server: {failure_message(err)}"),
+                task_queue=io.CONTROL_QUEUE,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RECORD_RETRY,
+            )
