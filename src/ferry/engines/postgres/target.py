@@ -430,13 +430,17 @@ class PostgresTarget:
 
         verify: "sizes" checks every file's size and presence against `backup_manifest` (free: the sizes
         are known while unpacking); "checksums" also runs pg_verifybackup, which reads every file back
-        (CRC32C, from the page cache right after the unpack: roughly +30-60% of the unpack time).
+        (CRC32C from the page cache right after the unpack: +15-30% of the unpack time measured on a
+        270 MB backup).
         """
         started = time.monotonic()
         if self.data.exists():
             return RestoreResult(0, 0, 0, 0.0, "none", skipped=True)
-        inputs = sorted((_open_input(a) for a in archives), key=lambda i: i.order)
+        inputs: list[_Input] = []
         try:
+            for archive in archives:
+                inputs.append(_open_input(archive))
+            inputs.sort(key=lambda i: i.order)
             if not any(i.kind == "base" for i in inputs):
                 raise UsageError(
                     "no base.tar among the base backup's archives", "give the folder pg_basebackup -Ft wrote"
