@@ -118,7 +118,8 @@ class PgSource:
 
     def switch(self, timeout: float = 60) -> str:
         """Close the current segment and wait until the archiver has copied it; returns its file name."""
-        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        # The insert position, not the write position: with synchronous_commit=off the latter lags.
+        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")[0][0])
         self.sql("SELECT pg_switch_wal()")
         self.wait_archived(name, timeout)
         return name
@@ -126,7 +127,8 @@ class PgSource:
     def switch_lsn(self, timeout: float = 60) -> str:
         """Close the current segment, wait until it is archived, return the switch LSN (a cutover's final
         LSN once writes have stopped)."""
-        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        # The insert position, not the write position: with synchronous_commit=off the latter lags.
+        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")[0][0])
         lsn = str(self.sql("SELECT pg_switch_wal()")[0][0])
         self.wait_archived(name, timeout)
         return lsn

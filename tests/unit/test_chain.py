@@ -641,7 +641,14 @@ def test_generated_histories(h: History, rnd: Any) -> None:
     ]
     beyond = [g for g in main_line if g.first_lsn > end]
     gaps = [f for f in chain.findings if f.code == "chain-gap"]
-    if beyond and (trouble is None or trouble is h.removed):
+    # The chain stops at its first blocking problem: when an incomplete stripe set (a copy-only log here)
+    # covers the end, that is the finding, and the gap behind it is reported once the stripes are found.
+    blocked = (
+        h.broken is not None
+        and h.broken.backup_type is BackupType.LOG
+        and (h.broken.first_lsn <= end < h.broken.last_lsn)
+    )
+    if beyond and (trouble is None or trouble is h.removed) and not blocked:
         nxt = min(beyond, key=lambda g: g.first_lsn)
         assert len(gaps) == 1
         assert set(chain.steps[-1].backup.files) <= set(gaps[0].files)

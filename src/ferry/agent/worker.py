@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 OPS_SLOTS = 1000
 # Heartbeats reach Temporal at least this often: a cancel (cutover, cancel) is seen within it.
-HEARTBEAT_THROTTLE = timedelta(seconds=2)
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 def prepare_root(cfg: TargetConfig) -> None:

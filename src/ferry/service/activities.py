@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_FILE = "ferry-replay.json"  # where replay was first seen: kept in the target folder for the result
 STATUS_EVERY = 1.5  # seconds between status writes to the store
+SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the store has every one at once)
+HEARTBEAT_EVERY = 0.5  # seconds between heartbeats handed to the SDK (which sends at most one a second)
 BEHIND_GRACE = 10.0  # seconds behind before ReadyForCutover goes back to RestoringLogs (no flapping)
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
 
@@ -134,13 +136,17 @@ class _Progress:
         self.flips = flips
         self.notify = notify
         self.behind_since: float | None = None
-        self.last_write = 0.0
+        self.last_write = self.last_beat = 0.0
+        self.last_signal = -1e9
+        self.unsent: io.ProgressSignal | None = None
         self.last: MigrationStatus | None = None
 
     def __call__(self, status: MigrationStatus) -> None:
         self.last = status
-        activity.heartbeat(status.target_position or status.bytes_done)
         now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_EVERY:  # each heartbeat is a round trip to the worker's loop
+            activity.heartbeat(status.target_position or status.bytes_done)
+            self.last_beat = now
         flip: State | None = None
         if self.flips:
             if status.state is self.recorded:
@@ -160,13 +166,16 @@ class _Progress:
                 except InvalidTransition:
                     return  # the workflow moved the migration on (cutover, cancel): its word stands
                 self.recorded, self.behind_since, self.last_write = flip, None, now
-                if self.notify is not None:
-                    self.notify(self.migration_id, io.ProgressSignal(flip.value, data))
+                self.unsent = io.ProgressSignal(flip.value, data)
             elif now - self.last_write >= STATUS_EVERY:
                 self.store.set_status(self.migration_id, data)
                 self.last_write = now
         except Exception as exc:  # a status write must not end a restore: the next one tries again
             log.warning("cannot record the status of %s: %s", self.migration_id, exc)
+        if self.unsent is not None and self.notify is not None and now - self.last_signal >= SIGNAL_EVERY:
+            # Each signal adds to the workflow's history, which must stay bounded over weeks of replay.
+            self.notify(self.migration_id, self.unsent)
+            self.unsent, self.last_signal = None, now
 
     def flush(self) -> None:
         if self.last is not None:
@@ -196,6 +205,21 @@ def _keepalive(every: float = 2.0) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+def _details(p: io.Prepared, restored: bool) -> dict[str, Any]:
+    """status.details: whether the base backup is restored, and its files (the active backup set)."""
+    status = "restored" if restored else "restoring"
+    return {
+        "full_backup_restored": restored,
+        "backup_sets": [
+            {
+                "name": p.base_tar,
+                "kind": "full",
+                "files": [{"name": k, "status": status} for k in p.base_archives],
+            }
+        ],
+    }
 
 
 def _check_cancel() -> None:
@@ -409,7 +433,9 @@ class TargetActivities:
                 )
                 return io.RestoreDone(skipped=True)
             sink = _Progress(self.store, m.id, State.RESTORING_FULL)
-            reporter = pgm.StatusReporter(sink, State.RESTORING_FULL, "unpacking the base backup")
+            reporter = pgm.StatusReporter(
+                sink, State.RESTORING_FULL, "unpacking the base backup", _details(p, False)
+            )
             started, t0 = _now(), time.monotonic()
             points: list[tuple[float, int]] = []
 
@@ -445,6 +471,7 @@ class TargetActivities:
                 bytes_done=result.archive_bytes,
                 current_file=None,
                 last_file=p.base_tar,
+                details=_details(p, True),
             )
             sink.flush()
             seconds = time.monotonic() - t0
@@ -493,7 +520,9 @@ class TargetActivities:
             sink = _Progress(
                 self.store, m.id, State.RESTORING_LOGS, flips=m.mode == "online", notify=self.notify
             )
-            reporter = pgm.StatusReporter(sink, State.RESTORING_LOGS, "starting the target server")
+            reporter = pgm.StatusReporter(
+                sink, State.RESTORING_LOGS, "starting the target server", _details(p, True)
+            )
             started, t0 = _now(), time.monotonic()
             spec = self._spec(m)
             wal = self._wal(m, p)
@@ -532,7 +561,10 @@ class TargetActivities:
                     )
                 except CancelledError:
                     self._remember_start(target.root, rep.started)
-                    finished("stopped (cutover or cancel)")
+                    if activity.is_worker_shutdown():
+                        finished("paused: the worker shuts down (Temporal hands the replay to the next one)")
+                    else:
+                        finished("stopped for the cutover or a cancel")
                     raise
                 self._remember_start(target.root, rep.started)
                 begun = rep.started
@@ -580,7 +612,7 @@ class TargetActivities:
                 )
                 return recorded.to_json()
             sink = _Progress(self.store, m.id, State.CUTTING_OVER)
-            reporter = pgm.StatusReporter(sink, State.CUTTING_OVER, "cutting over")
+            reporter = pgm.StatusReporter(sink, State.CUTTING_OVER, "cutting over", _details(p, True))
             started, t0 = _now(), time.monotonic()
             replay_started = (
                 (inp.replay_started_at, inp.replay_started_lsn)

@@ -155,7 +155,11 @@ class Service:
         if not opts.targets and not opts.remote_targets and opts.local_agent:
             opts.targets = [
                 TargetConfig(
-                    DEFAULT_TARGET, opts.data / "targets", DEFAULT_CONCURRENCY, host=socket.gethostname()
+                    DEFAULT_TARGET,
+                    opts.data / "targets",
+                    DEFAULT_CONCURRENCY,
+                    opts.os_user,
+                    socket.gethostname(),
                 )
             ]
         _check_port_free(opts.host, opts.port)
@@ -203,7 +207,7 @@ class Service:
                 where = (
                     f"embedded Temporal at {self.address} ({opts.data / 'temporal.db'})"
                     if dev
-                    else (f"Temporal at {self.address}")
+                    else f"Temporal at {self.address}"
                 )
                 local = ", ".join(f"{t.name} ({t.root}, {t.concurrency} restores)" for t in opts.targets)
                 self.say(f"Ferry API on http://{opts.host}:{opts.port} · {where}")

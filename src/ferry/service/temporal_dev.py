@@ -27,7 +27,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from ferry.core.errors import FerryError
+from ferry.core.errors import UsageError
 from ferry.engines.postgres.cluster import free_port, port_in_use
 
 BINARY = "temporal"
@@ -37,8 +37,8 @@ LOG_FILE = "log/temporal.log"
 _PR_SET_PDEATHSIG = 1
 
 
-class TemporalError(FerryError):
-    """The Temporal server could not be started or reached."""
+class TemporalError(UsageError):
+    """The Temporal server could not be started or reached (the CLI exits with 2, as for a store)."""
 
 
 def find_binary() -> Path:

@@ -40,7 +40,7 @@ RECORD_RETRY = RetryPolicy(
     non_retryable_error_types=["InvalidTransition", "UnknownMigration"],
 )
 # A step's heartbeat timeout: a dead agent is noticed within this, and its activity retried elsewhere.
-HEARTBEAT = timedelta(seconds=15)
+HEARTBEAT = timedelta(seconds=10)
 VALIDATE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     maximum_interval=timedelta(seconds=30),
@@ -157,7 +157,7 @@ class MigrationWorkflow:
                 result_type=io.Prepared,
                 task_queue=io.ops_queue(inp.target),
                 start_to_close_timeout=timedelta(hours=2),
-                heartbeat_timeout=timedelta(minutes=2),
+                heartbeat_timeout=HEARTBEAT,
                 retry_policy=VALIDATE_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )

@@ -42,6 +42,7 @@ from ferry.engines.postgres.target import (
     ProgressCallback,
     RestoreResult,
     TargetStatus,
+    Verify,
 )
 from ferry.engines.postgres.wal import format_lsn, parse_lsn
 from ferry.pipeline.discover import scan
@@ -190,9 +191,9 @@ class StatusReporter:
     hands every change to `sink` (the terminal view, or the service's store and heartbeats)."""
 
     def __init__(self, sink: Callable[[MigrationStatus], None], state: State = State.QUEUED,
-                 phase: str = "queued") -> None:  # fmt: skip
+                 phase: str = "queued", details: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.sink = sink
-        self.status = MigrationStatus(state, phase)
+        self.status = MigrationStatus(state, phase, details=dict(details or {}))
 
     @property
     def state(self) -> State:
@@ -278,7 +279,9 @@ def restore_base(
             manifest = reader.read(0, reader.size)
         finally:
             reader.close()
-    return target.restore_base(readers, manifest, progress=progress)
+    # A backup without its manifest can still be restored; only the size check against it is skipped.
+    verify: Verify = "sizes" if manifest is not None else "none"
+    return target.restore_base(readers, manifest, verify=verify, progress=progress)
 
 
 def start_recovery(target: PostgresTarget, location: str, wait: float = 60) -> TargetStatus:
@@ -402,10 +405,14 @@ class Replay:
 
     @staticmethod
     def _caught_up(st: TargetStatus, stats: archive.PrefetchStats) -> bool:
-        """Replay has reached the last segment the store holds (and waits for the next)."""
+        """Replay is inside (or at the end of) the last segment the store holds, and waits for the next.
+
+        Strictly inside: after a segment that ends with a WAL switch, the replay position is the first byte
+        of the next segment, which is not replayed at all yet; calling that "caught up" would promote
+        without the last segment's transactions when its fetch takes longer than SETTLE_SECONDS."""
         if st.position is None or stats.archive_end_lsn is None or not st.segment_size:
             return False
-        return stats.pending == 0 and st.position >= stats.archive_end_lsn - st.segment_size
+        return stats.pending == 0 and st.position > stats.archive_end_lsn - st.segment_size
 
     def _report(self, st: TargetStatus, stats: archive.PrefetchStats, rate: _Rate, caught_up: bool) -> None:
         lag_bytes = st.lag_bytes(stats.archive_end_lsn)

@@ -1,0 +1,201 @@
+"""Crashes of the service: `ferry serve` killed with -9 during replay and started again, and an agent
+killed with -9 during a base restore. Temporal's SQLite file keeps the workflows; each step resumes from the
+target's own state, so the migrations finish with every row, and the base backup is restored once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ferry.engines.postgres.archive import ferry_command
+from ferry.engines.postgres.target import PostgresTarget
+from tests.integration.pgsource import make_root, require_postgres
+from tests.integration.test_service_lifecycle import (
+    ROWS,
+    Served,
+    count,
+    make_source,
+    start_serve,
+    stop_targets,
+    switch,
+    token_from,
+    wait_line,
+)
+
+httpx = pytest.importorskip("httpx")
+
+
+@pytest.fixture()
+def root() -> Iterator[Path]:
+    require_postgres()
+    with make_root("ferry-crash-") as folder:
+        yield folder
+
+
+def _client(port: int, token: str) -> object:
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_serve_killed_during_replay_resumes_and_loses_no_row(root: Path) -> None:
+    data = root / "data"
+    src = make_source(root / "s1")
+    committed = [0]
+    stop = threading.Event()
+
+    def writer() -> None:  # one committed row at a time, as an application writes, through it all
+        with src.cluster.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
+            while not stop.is_set():
+                conn.execute(
+                    "INSERT INTO orders VALUES (%s, md5(%s::text))", (committed[0] + 1, committed[0])
+                )
+                committed[0] += 1
+                time.sleep(0.002)
+
+    proc, port, tport, out = start_serve(data, "--target", f"local={data / 'targets'}:2")
+    api = None
+    thread = threading.Thread(target=writer, daemon=True)
+    try:
+        token = token_from(out.read_text())
+        api = _client(port, token)
+        served = Served(data, port, tport, token, proc, out, api)
+        (record,) = served.create([{"source": str(src.store), "target": "local", "name": "db1"}])
+        mid = record["id"]
+        thread.start()
+        served.wait([mid], {"ReadyForCutover", "RestoringLogs"}, timeout=120)
+        switch(src)
+        time.sleep(2)  # replaying, the writer going on
+        _kill(proc)
+        killed_at = time.monotonic()
+        for _ in range(3):  # the source goes on while Ferry is down
+            time.sleep(0.5)
+            switch(src)
+        proc, _, _, out = start_serve(
+            data, "--target", f"local={data / 'targets'}:2", port=port, log=root / "serve-2.log"
+        )
+        served.proc, served.out = proc, out
+        deadline = time.monotonic() + 90
+        while not any("replay resumed" in e["message"] for e in served.events(mid)):
+            assert time.monotonic() < deadline, "the replay activity was not retried after the crash"
+            time.sleep(0.3)
+        served.wait([mid], {"ReadyForCutover"}, timeout=120)
+        print(f"replay resumed {time.monotonic() - killed_at:.1f} s after the kill")
+        stop.set()
+        thread.join()
+        final = switch(src)
+        r = served.api.post("/api/v1/migrations/cutover", json={"ids": [mid], "final_lsn": {mid: final}})
+        assert r.status_code == 202, r.text
+        (done,) = served.wait([mid], {"Succeeded"}, timeout=120)
+        target = PostgresTarget.open(data / "targets" / mid)
+        assert committed[0] > 100
+        assert count(target, "orders") == committed[0] == count(src.cluster, "orders")
+        assert count(target) == ROWS
+        restores = [
+            e for e in served.events(mid) if e["kind"] == "step" and e["data"]["step"] == "restore_base"
+        ]
+        assert len(restores) == 1
+        assert done["status"]["result"]["downtime_seconds"] < 60
+    finally:
+        stop.set()
+        if api is not None:
+            api.close()  # type: ignore[attr-defined]
+        _stop(proc)
+        stop_targets(data / "targets")
+        src.stop()
+
+
+def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) -> None:
+    data = root / "data"
+    targets = root / "agent-targets"
+    src = make_source(root / "s1", big=True)
+    proc, port, tport, out = start_serve(data, "--target", "remote")
+    token = token_from(out.read_text())
+    api = _client(port, token)
+    served = Served(data, port, tport, token, proc, out, api)
+
+    def agent(log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as f:
+            p = subprocess.Popen(
+                [
+                    *ferry_command(),
+                    "agent",
+                    "--target",
+                    "remote",
+                    "--root",
+                    str(targets),
+                    "--temporal",
+                    f"127.0.0.1:{tport}",
+                    "--concurrency",
+                    "2",
+                    "--store",
+                    str(data / "state.db"),
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        wait_line(log, "agent of target remote", p)
+        return p
+
+    first = agent(root / "agent-1.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        (record,) = served.create(
+            [{"source": str(src.store), "target": "remote", "name": "big", "mode": "offline"}]
+        )
+        mid = record["id"]
+        deadline = time.monotonic() + 120
+        while True:  # until the unpack is under way
+            now = served.get(mid)
+            if now["state"] == "RestoringFull" and (now["status"].get("bytes_done") or 0) > 0:
+                break
+            assert now["state"] in ("Queued", "Validating", "RestoringFull"), now
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+        _kill(first)
+        killed_at = time.monotonic()
+        assert (targets / mid / "data.partial").exists(), "killed in the middle of the unpack"
+        second = agent(root / "agent-2.log")
+        (done,) = served.wait([mid], {"Succeeded"}, timeout=240)
+        events = served.events(mid)
+        restored = [e for e in events if e["kind"] == "step" and e["data"].get("step") == "restore_base"]
+        assert len(restored) == 1 and not restored[0]["data"]["skipped"], [e["message"] for e in restored]
+        assert restored[0]["data"]["attempt"] == 2
+        assert any("interrupted" in e["message"] for e in events)
+        print(
+            f"restore finished {time.monotonic() - killed_at:.1f} s after the kill; "
+            f"{restored[0]['data']['seconds']} s for the second attempt"
+        )
+        target = PostgresTarget.open(targets / mid)
+        assert count(target, "big") == 1500000
+        assert count(target) == ROWS
+        assert done["attempt"] == 1  # the workflow did not fail: only the activity was retried
+    finally:
+        api.close()
+        for p in (first, second):
+            if p is not None:
+                _stop(p)
+        _stop(proc)
+        stop_targets(targets)
+        src.stop()
