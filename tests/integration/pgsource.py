@@ -118,20 +118,20 @@ class PgSource:
 
     def switch(self, timeout: float = 60) -> str:
         """Close the current segment and wait until the archiver has copied it; returns its file name."""
-        # The insert position, not the write position: with synchronous_commit=off the latter lags.
-        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")[0][0])
-        self.sql("SELECT pg_switch_wal()")
-        self.wait_archived(name, timeout)
-        return name
+        return self._switch(timeout)[0]
 
     def switch_lsn(self, timeout: float = 60) -> str:
         """Close the current segment, wait until it is archived, return the switch LSN (a cutover's final
         LSN once writes have stopped)."""
-        # The insert position, not the write position: with synchronous_commit=off the latter lags.
-        name = str(self.sql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")[0][0])
-        lsn = str(self.sql("SELECT pg_switch_wal()")[0][0])
-        self.wait_archived(name, timeout)
-        return lsn
+        return self._switch(timeout)[1]
+
+    def _switch(self, timeout: float) -> tuple[str, str]:
+        # pg_switch_wal() returns the end of the switch record, or the current position when nothing was
+        # written since the last switch; pg_walfile_name() of either is the segment that holds every
+        # record written so far (at an exact boundary it names the segment before).
+        lsn, name = self.sql("SELECT s, pg_walfile_name(s) FROM (SELECT pg_switch_wal() AS s) AS x")[0]
+        self.wait_archived(str(name), timeout)
+        return str(name), str(lsn)
 
     def wait_archived(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -861,7 +861,9 @@ def test_missing_segment_stops_replay_at_the_gap(source: Source, workdir: Path) 
         status = target.status()
         prefetcher.advance(status.replay_lsn or 0)
         stats = wait_for(
-            lambda: (s := prefetcher.stats()).missing_next and s, 10, lambda: str(prefetcher.stats())
+            lambda: (s := prefetcher.stats()).missing_next and s.gap and s,
+            10,
+            lambda: str(prefetcher.stats()),
         )
     assert status.running and status.in_recovery
     gap_segment = parse_segment_name(gap, SEG)

@@ -9,6 +9,7 @@ cancel are signals; a retry of a Failed migration starts a new run of the same w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from ferry.service.workflows import MigrationWorkflow
 
 log = logging.getLogger(__name__)
 
+RETRY_WAIT_SECONDS = 30.0
 START_ATTEMPTS = 3
 
 
@@ -106,6 +108,10 @@ class TemporalOrchestrator:
                 f"migration '{migration_id}' is {record.state.value}: only a Failed one is retried",
                 "a running migration retries its steps by itself",
             )
+        # The failed run records Failed a moment before its workflow closes; a new run under the same id
+        # can start only once it has, or Temporal answers "already started" and nothing would run.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.handle(migration_id).result(), timeout=RETRY_WAIT_SECONDS)
         await self._start(record)
 
     async def query(self, migration_id: str) -> Mapping[str, Any]:
