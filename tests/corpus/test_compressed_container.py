@@ -20,6 +20,7 @@ from ferry.engines.sqlserver.container import (
 )
 from ferry.engines.sqlserver.xpress import decompress_lz77_huffman
 from ferry.stores.local import LocalFileReader
+from ferry.stores.memory import BytesReader as _MemoryReader
 
 pytestmark = pytest.mark.corpus
 
@@ -88,33 +89,6 @@ def _decode_whole_file(raw: bytes) -> bytes:
             raise AssertionError(f"unexpected record type 0x{kind:02x} at {pos}")
     assert pos == len(raw)
     return b"".join(out)
-
-
-class _MemoryReader:
-    """A RangeReader over bytes, for the many flipped variants (no disk round trip)."""
-
-    def __init__(self, key: str, data: bytes) -> None:
-        self._key, self._data, self._read = key, data, 0
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    @property
-    def bytes_read(self) -> int:
-        return self._read
-
-    def read(self, offset: int, length: int) -> bytes:
-        chunk = self._data[offset : offset + length]
-        self._read += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        pass
 
 
 def _raw(name: str) -> bytes:

@@ -271,32 +271,3 @@ def replace_file(path: Path, data: bytes) -> None:
     """Write `data` as a new file at `path` (breaking a hard link made by `snapshot`)."""
     path.unlink(missing_ok=True)
     path.write_bytes(data)
-
-
-class BytesReader:
-    """An in-memory RangeReader, for reading damaged copies without writing files."""
-
-    def __init__(self, key: str, data: bytes) -> None:
-        self._key = key
-        self._data = data
-        self._bytes_read = 0
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    @property
-    def bytes_read(self) -> int:
-        return self._bytes_read
-
-    def read(self, offset: int, length: int) -> bytes:
-        out = self._data[offset : offset + length]
-        self._bytes_read += len(out)
-        return out
-
-    def close(self) -> None:
-        pass

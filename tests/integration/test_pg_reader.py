@@ -44,8 +44,8 @@ from ferry.engines.sqlserver.reader import sniff as sqlserver_sniff
 from ferry.pipeline.catalog import build_plan
 from ferry.pipeline.discover import scan
 from ferry.stores.local import LocalFileReader, LocalStore
+from ferry.stores.memory import BytesReader
 from tests.integration.pgsource import (
-    BytesReader,
     PgSource,
     init_only,
     make_root,

@@ -122,7 +122,8 @@ def local_store_root(store_location: str) -> Path:
     )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -229,7 +230,7 @@ def wal_push(segment_path: Path, store_location: str) -> PushResult:
             )
         present = _publish(tmp, final, segment_path)
         if not present:
-            _fsync_dir(folder)
+            fsync_dir(folder)
     except OSError as exc:
         raise WalArchiveError(
             f"cannot archive '{segment_path}' into '{folder}': {exc.strerror}",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 from ferry.core.errors import FerryError, UsageError
-from ferry.engines.postgres.archive import conf_quote
+from ferry.engines.postgres.archive import conf_quote, fsync_dir
 from ferry.engines.postgres.cluster import (
     Binaries,
     Cluster,
@@ -373,7 +373,7 @@ class PostgresTarget:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.record = record
 
     def _set_state(self, state: str) -> None:
@@ -491,7 +491,7 @@ class PostgresTarget:
             # One syncfs for the whole file system instead of an fsync per file: as durable, far faster.
             _syncfs(self.partial)
             os.rename(self.partial, self.data)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             for i in inputs:
                 i.close()
@@ -809,14 +809,6 @@ def _lsn_or_none(text: str | None) -> int | None:
 
 
 # -- files ----------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _syncfs(path: Path) -> None:
