@@ -74,7 +74,7 @@ class MigrationSpec:
     online: bool = True
     port: int | None = None
     os_user: str | None = None
-    prefetch_depth: int = 8
+    prefetch_depth: int = 32  # 512 MiB of 16 MiB segments: replay can take several per status turn
     poll_interval: float = 0.25
 
 
@@ -305,7 +305,7 @@ class Replay:
         wal: WalSource,
         reporter: StatusReporter,
         *,
-        prefetch_depth: int = 8,
+        prefetch_depth: int = 32,
         poll_interval: float = 0.25,
     ) -> None:
         self.target = target
