@@ -42,7 +42,7 @@ from ferry.engines.postgres.reader import (
 )
 from ferry.engines.postgres.tarread import Compression
 from ferry.engines.postgres.wal import SegmentName, format_lsn
-from tests.integration.pgsource import BytesReader
+from ferry.stores.memory import BytesReader
 
 SYS = 7_300_000_000_000_000_001
 OTHER = 7_300_000_000_000_000_999
