@@ -44,7 +44,7 @@ from ferry.engines.postgres.wal import (
     parse_lsn,
     parse_segment_name,
 )
-from ferry.stores.base import BackupStore
+from ferry.stores.base import BackupStore, RangeReader
 from ferry.stores.registry import open_store
 
 WAL_PREFIX = "wal/"
@@ -129,6 +129,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_from(reader: RangeReader, fd: int, size: int, chunk: int) -> int:
+    """Copy up to `size` bytes of `reader` into `fd` in `chunk`-sized ranged reads; returns bytes written
+    (fewer than `size` when the object ended early: the caller compares)."""
+    done = 0
+    while done < size:
+        data = reader.read(done, min(chunk, size - done))
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        done += len(data)
+    return done
 
 
 def _copy_fd(src: int, dst: int, size: int) -> int:
@@ -331,16 +346,8 @@ def fetch_to(store: BackupStore, name: str, dest: Path, *, chunk: int = COPY_CHU
                 "still there",
             )
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        done = 0
         try:
-            while done < size:
-                data = reader.read(done, min(chunk, size - done))
-                if not data:
-                    break
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                done += len(data)
+            done = _write_from(reader, fd, size, chunk)
         finally:
             os.close(fd)
         if done != size:
@@ -778,16 +785,8 @@ class Prefetcher:
                     "the file is truncated or damaged; archive it again from the source's pg_wal",
                 )
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            done = 0
             try:
-                while done < size:
-                    data = reader.read(done, min(COPY_CHUNK, size - done))
-                    if not data:
-                        break
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    done += len(data)
+                done = _write_from(reader, fd, size, COPY_CHUNK)
                 if self.owner is not None:
                     os.fchown(fd, self.owner.uid, self.owner.gid)
             finally:
