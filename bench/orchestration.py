@@ -53,7 +53,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from ferry.agent.worker import HEARTBEAT_THROTTLE, prepare_root, register, running, target_workers
+from ferry.agent.worker import prepare_root, register, running, target_workers
 from ferry.core.migration import State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
@@ -405,12 +405,13 @@ def stop_targets(targets: Path) -> None:
 class NoopTarget:
     """Activities with the real names, inputs and result types; they return at once. Like the real ones
     they record a "step" event each, and replay flips the migration to ReadyForCutover in the store and
-    signals the workflow, then heartbeats (every 0.5 s, as the real replay; the SDK sends at most one a
-    second) until the cutover cancels it."""
+    signals the workflow, then heartbeats (every 2 s, as the real replay; the SDK sends one per 8 s) until
+    the cutover stops it in-process (as LocalReplays does for the real activities)."""
 
     def __init__(self, store: SqlStateStore, client: Client) -> None:
         self.store = store
         self.client = client
+        self.replays: dict[str, asyncio.Event] = {}
 
     async def _event(self, mid: str, step: str, t0: float) -> None:
         now = datetime.now().astimezone().isoformat()
@@ -465,18 +466,21 @@ class NoopTarget:
         await self.client.get_workflow_handle(m.id).signal(
             io.S_PROGRESS, io.ProgressSignal(State.READY_FOR_CUTOVER.value, status)
         )
+        stop = self.replays.setdefault(m.id, asyncio.Event())
         try:
-            while True:
+            while not stop.is_set():
                 activity.heartbeat("0/3000000")
-                await asyncio.sleep(0.5)
-        except asyncio.CancelledError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+        finally:
             await asyncio.shield(self._event(m.id, "replay", t0))
-            raise
+        return io.ReplayDone(t0, 0x2000028, time.time(), None)
 
     @activity.defn(name=io.A_CUTOVER)
     async def cutover(self, inp: io.CutoverInput) -> dict[str, Any]:
         m = inp.step.migration
         t0 = time.time()
+        self.replays.setdefault(m.id, asyncio.Event()).set()
         await self._event(m.id, "cutover", t0)
         return {
             "state": "Succeeded",
@@ -523,10 +527,6 @@ async def part_noop(
         assert dev.process is not None
         orch = TemporalOrchestrator(client, store)
         noop = NoopTarget(store, client)
-        throttle = {
-            "max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
-            "default_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
-        }  # as the agent's workers
         # The agent's two workers for this target, as agent.worker.target_workers makes them (same slots),
         # with the no-op activities (async: no thread pool needed).
         workers = [
@@ -536,14 +536,12 @@ async def part_noop(
                 task_queue=io.restore_queue("noop"),
                 activities=[noop.restore_base],
                 max_concurrent_activities=concurrency,
-                **throttle,
             ),
             Worker(
                 client,
                 task_queue=io.ops_queue("noop"),
                 activities=[noop.validate, noop.replay, noop.cutover, noop.stop_target],
                 max_concurrent_activities=max(1000, n + 10),
-                **throttle,
             ),
         ]
         async with running(workers):

@@ -20,7 +20,6 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
@@ -35,8 +34,6 @@ from ferry.service.contracts import StateStore
 log = logging.getLogger(__name__)
 
 OPS_SLOTS = 1000
-# Heartbeats reach Temporal at least this often: a cancel (cutover, cancel) is seen within it.
-HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 def prepare_root(cfg: TargetConfig) -> None:
@@ -85,8 +82,6 @@ def target_workers(
         activities=[acts.restore_base],
         activity_executor=ThreadPoolExecutor(cfg.concurrency, thread_name_prefix=f"ferry-restore-{cfg.name}"),
         max_concurrent_activities=cfg.concurrency,
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     ops = Worker(
         client,
@@ -94,8 +89,6 @@ def target_workers(
         activities=[acts.validate, acts.replay, acts.cutover, acts.stop_target],
         activity_executor=ThreadPoolExecutor(ops_slots, thread_name_prefix=f"ferry-ops-{cfg.name}"),
         max_concurrent_activities=ops_slots,
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
-        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
     return [restore, ops]
 

@@ -62,9 +62,13 @@ from ferry.service.contracts import StateStore
 log = logging.getLogger(__name__)
 
 REPLAY_FILE = "ferry-replay.json"  # where replay was first seen: kept in the target folder for the result
-STATUS_EVERY = 1.5  # seconds between status writes to the store
+STATUS_EVERY = 1.5  # seconds between status writes to the store while the status changes
+STATUS_IDLE_EVERY = 60.0  # an unchanged status is written again this often (its updated_at shows life)
 SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the store has every one at once)
-HEARTBEAT_EVERY = 0.5  # seconds between heartbeats handed to the SDK (which sends at most one a second)
+# Seconds between heartbeats handed to the SDK, which sends at most one per 80% of the heartbeat timeout:
+# hundreds of idle online migrations must not flood Temporal (the cutover does not wait for a heartbeat).
+HEARTBEAT_EVERY = 2.0
+REPLAY_STOP_WAIT = 120.0  # seconds the cutover waits for this worker's replay of the migration to stop
 BEHIND_GRACE = 10.0  # seconds behind before ReadyForCutover goes back to RestoringLogs (no flapping)
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
 
@@ -140,6 +144,7 @@ class _Progress:
         self.last_signal = -1e9
         self.unsent: io.ProgressSignal | None = None
         self.last: MigrationStatus | None = None
+        self.written: dict[str, Any] | None = None
 
     def __call__(self, status: MigrationStatus) -> None:
         self.last = status
@@ -166,16 +171,22 @@ class _Progress:
                 except InvalidTransition:
                     return  # the workflow moved the migration on (cutover, cancel): its word stands
                 self.recorded, self.behind_since, self.last_write = flip, None, now
+                self.written = data
                 self.unsent = io.ProgressSignal(flip.value, data)
-            elif now - self.last_write >= STATUS_EVERY:
+            elif self._due(data, now):
                 self.store.set_status(self.migration_id, data)
-                self.last_write = now
+                self.last_write, self.written = now, data
         except Exception as exc:  # a status write must not end a restore: the next one tries again
             log.warning("cannot record the status of %s: %s", self.migration_id, exc)
         if self.unsent is not None and self.notify is not None and now - self.last_signal >= SIGNAL_EVERY:
             # Each signal adds to the workflow's history, which must stay bounded over weeks of replay.
             self.notify(self.migration_id, self.unsent)
             self.unsent, self.last_signal = None, now
+
+    def _due(self, data: dict[str, Any], now: float) -> bool:
+        """Write a changed status at most every STATUS_EVERY s, an unchanged one every STATUS_IDLE_EVERY s."""
+        wait = STATUS_EVERY if data != self.written else STATUS_IDLE_EVERY
+        return now - self.last_write >= wait
 
     def flush(self) -> None:
         if self.last is not None:
@@ -205,6 +216,68 @@ def _keepalive(every: float = 2.0) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+class LocalReplays:
+    """The replays this worker runs, by migration id.
+
+    The cutover step stops its migration's replay here, in-process, instead of waiting for Temporal to
+    carry a cancel to it through a heartbeat: the cutover does not wait on the heartbeat interval, and
+    heartbeats can be rare (hundreds of migrations wait in ReadyForCutover, each with a replay running).
+    One agent serves a target, so the replay and the cutover of a migration run in the same worker."""
+
+    @dataclass
+    class _Run:
+        stop: threading.Event
+        done: threading.Event
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, LocalReplays._Run] = {}
+        self._cutting: set[str] = set()
+
+    @contextlib.contextmanager
+    def run(self, migration_id: str) -> Iterator[threading.Event | None]:
+        """Register a replay; yields its stop event, or None when the migration's cutover is running (the
+        replay must not start then: the cutover has its own)."""
+        run = self._Run(threading.Event(), threading.Event())
+        with self._lock:
+            blocked = migration_id in self._cutting
+            if not blocked:
+                earlier = self._runs.get(migration_id)
+                if earlier is not None:
+                    earlier.stop.set()  # a retry replaces an attempt Temporal gave up on
+                self._runs[migration_id] = run
+        if blocked:
+            yield None
+            return
+        try:
+            yield run.stop
+        finally:
+            with self._lock:
+                if self._runs.get(migration_id) is run:
+                    del self._runs[migration_id]
+            run.done.set()
+
+    @contextlib.contextmanager
+    def cutting_over(self, migration_id: str, timeout: float = REPLAY_STOP_WAIT) -> Iterator[bool]:
+        """Stop the migration's replay (if this worker runs one) and keep new ones from starting while
+        the block runs. Yields whether a replay was stopped."""
+        with self._lock:
+            self._cutting.add(migration_id)
+            run = self._runs.get(migration_id)
+        try:
+            if run is not None:
+                run.stop.set()
+                if not run.done.wait(timeout):
+                    raise TargetError(
+                        f"the replay of {migration_id} did not stop within {timeout:.0f} s",
+                        "the cutover is retried; if it keeps failing, look at the agent's log",
+                    )
+            yield run is not None
+        finally:
+            with self._lock:
+                self._cutting.discard(migration_id)
 
 
 def _details(p: io.Prepared, restored: bool) -> dict[str, Any]:
@@ -262,6 +335,7 @@ class TargetActivities:
         self.store = store
         self.targets = dict(targets)
         self.notify = notify
+        self.replays = LocalReplays()
         self._ports_lock = threading.Lock()
         self._reserved: set[int] = set()
 
@@ -506,9 +580,19 @@ class TargetActivities:
     @activity.defn(name=io.A_REPLAY)
     def replay(self, inp: io.StepInput) -> io.ReplayDone:
         m = inp.migration
-        with self._activity(m.id, "replay"):
+        with self._activity(m.id, "replay"), self.replays.run(m.id) as stop:
             target, p = self._open(inp)
             attempt = activity.info().attempt
+            if stop is None or target.phase() is Phase.PROMOTED:
+                # A retry that comes during or after the cutover: the cutover replays what is left.
+                self._event(
+                    m.id,
+                    "info",
+                    "replay not started: the cutover has begun",
+                    step="replay",
+                    attempt=attempt,
+                )
+                return io.ReplayDone(None, None, time.time())
             if attempt > 1:
                 self._event(
                     m.id,
@@ -531,7 +615,7 @@ class TargetActivities:
 
             def should_stop() -> CutoverRequest | None:
                 _check_cancel()
-                return None
+                return CutoverRequest(time.time()) if stop.is_set() else None
 
             def finished(how: str) -> None:
                 sink.flush()
@@ -558,6 +642,7 @@ class TargetActivities:
                         should_stop,
                         until_settled=not spec.online and p.until_lsn is None,
                         until_lsn=p.until_lsn,
+                        wake=stop,
                     )
                 except CancelledError:
                     self._remember_start(target.root, rep.started)
@@ -568,7 +653,10 @@ class TargetActivities:
                     raise
                 self._remember_start(target.root, rep.started)
                 begun = rep.started
-            finished("reached the end" if p.until_lsn is None else f"reached {format_lsn(p.until_lsn)}")
+            if stop.is_set():
+                finished("stopped: the cutover takes over")
+            else:
+                finished("reached the end" if p.until_lsn is None else f"reached {format_lsn(p.until_lsn)}")
             return io.ReplayDone(
                 begun[0] if begun else None,
                 begun[1] if begun else None,
@@ -597,7 +685,7 @@ class TargetActivities:
     @activity.defn(name=io.A_CUTOVER)
     def cutover(self, inp: io.CutoverInput) -> dict[str, Any]:
         m = inp.step.migration
-        with self._activity(m.id, "cutover"):
+        with self._activity(m.id, "cutover"), self.replays.cutting_over(m.id):
             target, p = self._open(inp.step)
             recorded = pgm.recorded_result(target.root)
             if target.phase() is Phase.PROMOTED and recorded is not None:

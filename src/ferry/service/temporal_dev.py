@@ -35,6 +35,7 @@ DB_FILE = "temporal.db"
 PID_FILE = "temporal.pid"
 LOG_FILE = "log/temporal.log"
 _PR_SET_PDEATHSIG = 1
+PRAGMAS = ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
 
 
 class TemporalError(UsageError):
@@ -126,6 +127,7 @@ class DevServer:
             str(self.db_file),
             "--log-level",
             "warn",
+            *PRAGMAS,
         ]
         with open(self.log_file, "ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} ferry serve: {' '.join(cmd)}\n".encode())

@@ -1,13 +1,13 @@
 """What the migration workflow, its activities and the orchestrator pass each other through Temporal.
 
-Stdlib only (the workflow sandbox imports this module): task queue names, activity names, and small
+Stdlib only (the workflow imports this module and must stay deterministic): task queue names, activity names, and small
 JSON-friendly dataclasses. Changing a field here changes what running workflows replay: add fields with
 defaults, never rename or remove one while workflows of the old shape may still run.
 
 Task queues:
 
-- `ferry-control`: the workflows themselves and the activities that record state changes and events in
-  the state store. Served by `ferry serve` (its in-process worker).
+- `ferry-control`: the workflows themselves and the (local) activities that record state changes and
+  events in the state store. Served by `ferry serve` (its in-process worker).
 - `ferry-target-<name>`: restore_base, the heavy step. The agent of target <name> serves it with at most
   `--concurrency` activities at once: that is the target's limit of restores in parallel.
 - `ferry-target-<name>-ops`: validate (scan + plan + target folder), replay (one long-running activity per

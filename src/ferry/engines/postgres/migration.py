@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +54,10 @@ RESULT_FILE = "ferry-result.json"
 # How long the replay position must stand still at the end of the archive before Ferry calls the target
 # caught up (an offline migration then promotes; a cutover without a final LSN does too).
 SETTLE_SECONDS = 1.0
+# PostgreSQL itself retries a missing WAL file every wal_retrieve_retry_interval (5 s by default): looking
+# at an idle standby more often than that learns nothing new.
+IDLE_AFTER_SECONDS = 10.0
+IDLE_POLL_SECONDS = 5.0
 
 
 class MigrationBlocked(FerryError):
@@ -332,10 +337,15 @@ class Replay:
         *,
         until_settled: bool = False,
         until_lsn: int | None = None,
+        wake: threading.Event | None = None,
     ) -> CutoverRequest:
         """Replay archived WAL, reporting RestoringLogs / ReadyForCutover, until `stop()` returns a
         cutover request. `until_settled` (offline): also end once the end of the archive is replayed and
-        the position stood still for SETTLE_SECONDS. `until_lsn`: also end once replay reaches it."""
+        the position stood still for SETTLE_SECONDS. `until_lsn`: also end once replay reaches it.
+
+        A target that has been caught up and still for IDLE_AFTER_SECONDS is looked at only every
+        IDLE_POLL_SECONDS (each look runs pg_controldata; hundreds of idle targets must not cost a core).
+        Setting `wake` ends a wait at once, so a `stop()` that became true is seen without delay."""
         rate = _Rate()
         settled_since: float | None = None
         last_position: int | None = None
@@ -365,7 +375,12 @@ class Replay:
                 request = CutoverRequest(time.time(), format_lsn(until_lsn))
             if request is not None:
                 return request
-            time.sleep(self.poll_interval)
+            idle = settled_since is not None and time.monotonic() - settled_since >= IDLE_AFTER_SECONDS
+            pause = max(self.poll_interval, IDLE_POLL_SECONDS) if idle else self.poll_interval
+            if wake is not None:
+                wake.wait(pause)
+            else:
+                time.sleep(pause)
 
     def cut_over(self, request: CutoverRequest, check: Callable[[], None] | None = None) -> CutoverOutcome:
         """Replay to the request's final LSN (or to the end of the archive, settled), promote, and prove
