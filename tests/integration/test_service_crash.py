@@ -1,6 +1,7 @@
-"""Crashes of the service: `ferry serve` killed with -9 during replay and started again, and an agent
-killed with -9 during a base restore. Temporal's SQLite file keeps the workflows; each step resumes from the
-target's own state, so the migrations finish with every row, and the base backup is restored once."""
+"""Crashes of the service: `ferry serve` killed with -9 during a base restore and during replay, and an
+agent killed with -9 during a base restore and during replay (the latter with the many-hosts layout: a
+separate agent process and a PostgreSQL state store). Temporal keeps the workflows; each step resumes from
+the target's own state, so the migrations finish with every row, and no step completes twice."""
 
 from __future__ import annotations
 
@@ -192,6 +193,172 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
         assert count(target) == ROWS
         assert done["attempt"] == 1  # the workflow did not fail: only the activity was retried
     finally:
+        api.close()
+        for p in (first, second):
+            if p is not None:
+                _stop(p)
+        _stop(proc)
+        stop_targets(targets)
+        src.stop()
+
+
+def _steps(served: Served, mid: str, step: str) -> list[dict[str, object]]:
+    return [e for e in served.events(mid) if e["kind"] == "step" and e["data"].get("step") == step]
+
+
+def _wait_unpacking(served: Served, mid: str, timeout: float = 120) -> None:
+    """Until the base backup's unpack is under way (some bytes written)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = served.get(mid)
+        if now["state"] == "RestoringFull" and (now["status"].get("bytes_done") or 0) > 0:
+            return
+        assert now["state"] in ("Queued", "Validating", "RestoringFull"), now
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+
+
+def test_serve_killed_during_restore_restores_once(root: Path) -> None:
+    """kill -9 of `ferry serve` (API, workflows and the in-process agent) in the middle of an unpack: after
+    the restart the restore runs again from the start, once, and the migration finishes with every row."""
+    data = root / "data"
+    src = make_source(root / "s1", big=True)
+    args = ("--target", f"local={data / 'targets'}:2")
+    proc, port, tport, out = start_serve(data, *args)
+    api = _client(port, token_from(out.read_text()))
+    served = Served(data, port, tport, token_from(out.read_text()), proc, out, api)
+    try:
+        (record,) = served.create(
+            [{"source": str(src.store), "target": "local", "name": "big", "mode": "offline"}]
+        )
+        mid = record["id"]
+        _wait_unpacking(served, mid)
+        _kill(proc)
+        killed_at = time.monotonic()
+        assert (data / "targets" / mid / "data.partial").exists(), "killed in the middle of the unpack"
+        proc, _, _, out = start_serve(data, *args, port=port, log=root / "serve-2.log")
+        served.proc, served.out = proc, out
+        (done,) = served.wait([mid], {"Succeeded"}, timeout=240)
+        restored = _steps(served, mid, "restore_base")
+        assert len(restored) == 1, [e["message"] for e in restored]  # one unpack finished, not two
+        assert restored[0]["data"]["attempt"] == 2  # type: ignore[index]
+        assert any("interrupted" in e["message"] for e in served.events(mid))
+        assert len(_steps(served, mid, "cutover")) == 1
+        print(f"Succeeded {time.monotonic() - killed_at:.1f} s after the kill")
+        target = PostgresTarget.open(data / "targets" / mid)
+        assert count(target, "big") == 1500000
+        assert count(target) == ROWS
+        assert done["attempt"] == 1
+    finally:
+        api.close()
+        _stop(proc)
+        stop_targets(data / "targets")
+        src.stop()
+
+
+@pytest.fixture()
+def state_pg(root: Path) -> Iterator[str]:
+    """A PostgreSQL server for the service's state store, as a shared deployment has: the URL."""
+    from ferry.engines.postgres.cluster import Cluster, free_port
+    from tests.integration.pgsource import TEST_SETTINGS
+
+    binaries, user = require_postgres()
+    cluster = Cluster(root / "state-pg", free_port(), binaries, user)
+    cluster.initdb()
+    with (cluster.datadir / "postgresql.conf").open("a") as conf:
+        for key, value in TEST_SETTINGS.items():
+            conf.write(f"{key} = {value}\n")
+    cluster.start()
+    try:
+        cluster.query("CREATE DATABASE ferry")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{cluster.port}/ferry"
+    finally:
+        cluster.stop(mode="immediate")
+
+
+def test_agent_killed_during_replay_resumes_on_a_new_agent(root: Path, state_pg: str) -> None:
+    """The many-hosts layout: `ferry serve` and a separate agent process sharing a PostgreSQL state store
+    and Temporal by address. The agent is killed with -9 while replaying under writes; a new agent takes
+    the replay over from the target's own position; after the cutover no row is lost and no step ran
+    twice."""
+    data = root / "data"
+    targets = root / "agent-targets"
+    src = make_source(root / "s1")
+    proc, port, tport, out = start_serve(data, "--target", "remote", "--store", state_pg)
+    token = token_from(out.read_text())
+    api = _client(port, token)
+    served = Served(data, port, tport, token, proc, out, api)
+    committed = [0]
+    stop = threading.Event()
+
+    def writer() -> None:
+        with src.cluster.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
+            while not stop.is_set():
+                conn.execute(
+                    "INSERT INTO orders VALUES (%s, md5(%s::text))", (committed[0] + 1, committed[0])
+                )
+                committed[0] += 1
+                time.sleep(0.002)
+
+    def agent(log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as f:
+            p = subprocess.Popen(
+                [
+                    *ferry_command(),
+                    "agent",
+                    "--target",
+                    "remote",
+                    "--root",
+                    str(targets),
+                    "--temporal",
+                    f"127.0.0.1:{tport}",
+                    "--store",
+                    state_pg,
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        wait_line(log, "agent of target remote", p)
+        return p
+
+    first = agent(root / "agent-1.log")
+    second: subprocess.Popen[bytes] | None = None
+    thread = threading.Thread(target=writer, daemon=True)
+    try:
+        (record,) = served.create([{"source": str(src.store), "target": "remote", "name": "db1"}])
+        mid = record["id"]
+        thread.start()
+        served.wait([mid], {"ReadyForCutover", "RestoringLogs"}, timeout=120)
+        switch(src)
+        time.sleep(2)
+        _kill(first)
+        killed_at = time.monotonic()
+        for _ in range(3):
+            time.sleep(0.5)
+            switch(src)
+        second = agent(root / "agent-2.log")
+        deadline = time.monotonic() + 90
+        while not any("replay resumed" in e["message"] for e in served.events(mid)):
+            assert time.monotonic() < deadline, "the replay activity was not retried on the new agent"
+            time.sleep(0.3)
+        served.wait([mid], {"ReadyForCutover"}, timeout=120)
+        print(f"replay resumed {time.monotonic() - killed_at:.1f} s after the kill")
+        stop.set()
+        thread.join()
+        final = switch(src)
+        r = served.api.post("/api/v1/migrations/cutover", json={"ids": [mid], "final_lsn": {mid: final}})
+        assert r.status_code == 202, r.text
+        (done,) = served.wait([mid], {"Succeeded"}, timeout=120)
+        target = PostgresTarget.open(targets / mid)
+        assert committed[0] > 100
+        assert count(target, "orders") == committed[0] == count(src.cluster, "orders")
+        assert count(target) == ROWS
+        assert len(_steps(served, mid, "restore_base")) == 1
+        assert len(_steps(served, mid, "cutover")) == 1
+        assert done["status"]["result"]["downtime_seconds"] < 60
+    finally:
+        stop.set()
         api.close()
         for p in (first, second):
             if p is not None:
