@@ -12,12 +12,12 @@ orchestrator.cutover per migration, all at once).
 1. `--sources` small real PostgreSQL sources (a few thousand rows, fsync=off, WAL archived with
    `ferry wal-push`, an lz4 `pg_basebackup`), migrated online onto a local target served by the real agent
    workers. Timed: bulk create -> all ReadyForCutover, bulk cutover -> all Succeeded. Per database, the
-   orchestration overhead is its lifetime (create request -> Succeeded recorded) minus the time inside its
-   own target steps (the union of the [started_at, finished_at] intervals of its validate, restore_base,
-   replay and cutover "step" events), plus the time between the cutover request and its replay step
-   stopping (the cancel travels signal -> workflow -> activity cancel -> heartbeat response). Since the
-   cutover is asked as soon as all are ready, the only user wait (ready -> cutover request) is inside the
-   replay step and is not counted.
+   orchestration overhead is the sum of the gaps in which none of its steps ran (from the timestamps of
+   its state and "step" events): create -> validate started, validate finished -> RestoringFull
+   recorded, restore_base finished -> replay started, cutover request -> cutover step started, cutover
+   finished -> Succeeded recorded. The wait for one of the target's restore slots is shown but not
+   counted: it is the target's concurrency limit, which the DBA sets. The user's own wait (ReadyForCutover
+   -> cutover request) is not counted either.
 2. `--noop` migrations onto a target whose steps do nothing: a worker in this process serves the target's
    task queues with activities of the real names and types that return at once (they still write their
    "step" event and, for replay, the ReadyForCutover flip and its progress signal, as the real ones do).
@@ -220,16 +220,6 @@ def _ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _union(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, -1e18
-    for a, b in sorted(intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
-
-
 def cpu_line(what: str, cpu: tuple[float, float, float], meter: tuple[int, float]) -> str:
     wall, mine, temporal = cpu
     cores = os.cpu_count() or 1
@@ -316,24 +306,26 @@ async def part_pg(root: Path, n: int) -> list[tuple[str, float, str, str]]:
         for r in records:
             st = state_times(store, r.id)
             steps = {e.data["step"]: e.data for e in store.events(r.id) if e.kind == "step"}
-            spans = [
-                (_ts(d["started_at"]), _ts(d["finished_at"])) for d in steps.values() if "started_at" in d
-            ]
-            life = st["Succeeded"] - created_at
-            inside = _union(spans)
-            cancel_lag = _ts(steps["replay"]["finished_at"]) - cut_at
+            began = {k: _ts(d["started_at"]) for k, d in steps.items() if "started_at" in d}
+            ended = {k: _ts(d["finished_at"]) for k, d in steps.items() if "finished_at" in d}
+            gaps = {
+                "g_start": began["validate"] - created_at,
+                "g_validated": st["RestoringFull"] - ended["validate"],
+                "g_restored": began["replay"] - ended["restore_base"],
+                "g_cutover": began["cutover"] - cut_at,
+                "g_done": st["Succeeded"] - ended["cutover"],
+            }
             per.append(
                 {
+                    **gaps,
                     "ready": st["ReadyForCutover"] - created_at,
                     "done": st["Succeeded"] - cut_at,
-                    "life": life,
-                    "inside": inside,
-                    "cancel": cancel_lag,
-                    "overhead": life - inside + cancel_lag,
+                    "overhead": sum(gaps.values()),
                     "restore": steps["restore_base"]["seconds"],
                     "validate": steps["validate"]["seconds"],
                     "cutover": steps["cutover"]["seconds"],
-                    "slot_wait": _ts(steps["restore_base"]["started_at"]) - st["RestoringFull"],
+                    "replay_stop": steps["cutover"].get("replay_stop_seconds", float("nan")),
+                    "slot_wait": began["restore_base"] - st["RestoringFull"],
                     "downtime": r2.status["result"]["downtime_seconds"]
                     if (r2 := store.get(r.id))
                     else float("nan"),
@@ -366,13 +358,15 @@ async def part_pg(root: Path, n: int) -> list[tuple[str, float, str, str]]:
     )
     print(f"    cutover step                   {med('cutover')}")
     print(f"    downtime (result)              {med('downtime')}")
-    print(f"    inside target steps            {med('inside')}")
-    print(f"    cancel lag (cutover request -> replay step stopped)  {med('cancel')}")
-    print(f"    ORCHESTRATION OVERHEAD         {med('overhead')}")
-    print(
-        "      = lifetime (create -> Succeeded) - union of its step intervals + cancel lag; it includes the"
-    )
-    print("        wait for a restore slot, which is the target's concurrency limit rather than Temporal's")
+    print(f"    (of which stopping the replay  {med('replay_stop')})")
+    print("    orchestration gaps (time no step of the database ran, and it waited for no slot):")
+    print(f"      create -> validate started          {med('g_start')}")
+    print(f"      validate done -> RestoringFull     {med('g_validated')}")
+    print(f"      restore done -> replay started      {med('g_restored')}")
+    print(f"      cutover request -> cutover started  {med('g_cutover')}")
+    print(f"      cutover done -> Succeeded recorded  {med('g_done')}")
+    print(f"    ORCHESTRATION OVERHEAD = their sum  {med('overhead')}")
+    print("      (the wait for a restore slot is the target's concurrency limit, shown above, not counted)")
     print(cpu_line("CPU over both phases", use, stats))
     return [
         (

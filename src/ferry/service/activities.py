@@ -685,57 +685,64 @@ class TargetActivities:
     @activity.defn(name=io.A_CUTOVER)
     def cutover(self, inp: io.CutoverInput) -> dict[str, Any]:
         m = inp.step.migration
-        with self._activity(m.id, "cutover"), self.replays.cutting_over(m.id):
-            target, p = self._open(inp.step)
-            recorded = pgm.recorded_result(target.root)
-            if target.phase() is Phase.PROMOTED and recorded is not None:
-                self._event(
-                    m.id,
-                    "step",
-                    "cutover skipped: the target is already promoted; its recorded result stands",
-                    step="cutover",
-                    skipped=True,
-                    seconds=0.0,
-                    attempt=activity.info().attempt,
-                )
-                return recorded.to_json()
-            sink = _Progress(self.store, m.id, State.CUTTING_OVER)
-            reporter = pgm.StatusReporter(sink, State.CUTTING_OVER, "cutting over", _details(p, True))
+        with self._activity(m.id, "cutover"):
             started, t0 = _now(), time.monotonic()
-            replay_started = (
-                (inp.replay_started_at, inp.replay_started_lsn)
-                if inp.replay_started_at is not None and inp.replay_started_lsn is not None
-                else self._recall_start(target.root)
-            )
-            result = pgm.cut_over(
-                target,
-                self._spec(m),
-                self._wal(m, p),
-                CutoverRequest(inp.requested_at, inp.final_lsn),
-                reporter,
-                restored=(inp.restored_bytes, inp.restore_seconds),
-                replay_started=replay_started,
-                check=lambda: activity.heartbeat("cutover"),
-            )
-            sink.flush()
-            what = f"replay to {inp.final_lsn}" if inp.final_lsn else "replay to the end of the archive"
+            with self.replays.cutting_over(m.id):
+                stop_seconds = time.monotonic() - t0
+                return self._cut_over(inp, started, t0, stop_seconds)
+
+    def _cut_over(self, inp: io.CutoverInput, started: str, t0: float, stop_seconds: float) -> dict[str, Any]:
+        m = inp.step.migration
+        target, p = self._open(inp.step)
+        recorded = pgm.recorded_result(target.root)
+        if target.phase() is Phase.PROMOTED and recorded is not None:
             self._event(
                 m.id,
                 "step",
-                f"cut over: promoted at {result.promoted_at_lsn}, writes verified; downtime "
-                f"{result.downtime_seconds} s",
+                "cutover skipped: the target is already promoted; its recorded result stands",
                 step="cutover",
-                command=f"{what}; pg_promote(); commit a test transaction",
-                started_at=started,
-                finished_at=_now(),
-                seconds=round(time.monotonic() - t0, 3),
-                bytes=result.replayed_bytes,
-                downtime_seconds=result.downtime_seconds,
-                promoted_at_lsn=result.promoted_at_lsn,
-                final_lsn=result.final_lsn,
+                skipped=True,
+                seconds=0.0,
                 attempt=activity.info().attempt,
             )
-            return result.to_json()
+            return recorded.to_json()
+        sink = _Progress(self.store, m.id, State.CUTTING_OVER)
+        reporter = pgm.StatusReporter(sink, State.CUTTING_OVER, "cutting over", _details(p, True))
+        replay_started = (
+            (inp.replay_started_at, inp.replay_started_lsn)
+            if inp.replay_started_at is not None and inp.replay_started_lsn is not None
+            else self._recall_start(target.root)
+        )
+        result = pgm.cut_over(
+            target,
+            self._spec(m),
+            self._wal(m, p),
+            CutoverRequest(inp.requested_at, inp.final_lsn),
+            reporter,
+            restored=(inp.restored_bytes, inp.restore_seconds),
+            replay_started=replay_started,
+            check=lambda: activity.heartbeat("cutover"),
+        )
+        sink.flush()
+        what = f"replay to {inp.final_lsn}" if inp.final_lsn else "replay to the end of the archive"
+        self._event(
+            m.id,
+            "step",
+            f"cut over: promoted at {result.promoted_at_lsn}, writes verified; downtime "
+            f"{result.downtime_seconds} s",
+            step="cutover",
+            command=f"{what}; pg_promote(); commit a test transaction",
+            started_at=started,
+            finished_at=_now(),
+            seconds=round(time.monotonic() - t0, 3),
+            bytes=result.replayed_bytes,
+            downtime_seconds=result.downtime_seconds,
+            promoted_at_lsn=result.promoted_at_lsn,
+            replay_stop_seconds=round(stop_seconds, 3),
+            final_lsn=result.final_lsn,
+            attempt=activity.info().attempt,
+        )
+        return result.to_json()
 
     # -- stop (cancel) ---------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """What the migration workflow, its activities and the orchestrator pass each other through Temporal.
 
-Stdlib only (the workflow imports this module and must stay deterministic): task queue names, activity names, and small
-JSON-friendly dataclasses. Changing a field here changes what running workflows replay: add fields with
-defaults, never rename or remove one while workflows of the old shape may still run.
+Stdlib only (the workflow imports it and must stay deterministic): task queue names, activity names,
+and small JSON-friendly dataclasses. Changing a field here changes what running workflows replay: add
+fields with defaults, never rename or remove one while workflows of the old shape may still run.
 
 Task queues:
 

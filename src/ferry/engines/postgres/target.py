@@ -235,6 +235,11 @@ class PostgresTarget:
         self.logfile = root / "log" / "postgresql.log"
         self._binaries = binaries
         self._cluster: Cluster | None = None
+        # status(): one connection kept open for the polls (a new connection per poll forks a backend on
+        # the server each time), and the WAL segment size, read once from pg_control.
+        self._probe: Any = None
+        self._probe_lock = threading.Lock()
+        self._segment_size: int | None = None
 
     # -- folder ---------------------------------------------------------------------------------
 
@@ -678,6 +683,7 @@ class PostgresTarget:
         return self.status()
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        self.close()
         self.cluster.stop(mode, timeout)
         if self.cluster.is_running():
             raise ClusterError(
@@ -706,31 +712,29 @@ class PostgresTarget:
             f"check that it runs and accepts connections (log: {self.logfile})",
         )
 
-    def status(self) -> TargetStatus:
+    def status(self, pg_control: bool = True) -> TargetStatus:
+        """Where the target is. With `pg_control` False, cheap enough to poll many times a second: a query on
+        a kept connection while the server takes connections, and pg_controldata (a process) only before
+        that, when pg_control is all there is (control_state and the pg_control positions are then None)."""
         phase = self.phase()
         running = self.cluster.is_running() if self.data.exists() else False
+        row = self._status_row() if running else None
+        if running and row is None and self.cluster.accepts_connections():
+            # The server takes connections but not Ferry's: an error to report, unless it was only between
+            # states (starting, stopping, promoting) and a new connection works.
+            with self.connect() as conn:
+                row = conn.execute(_STATUS_SQL).fetchone()
+        accepting = row is not None
         control: dict[str, str] = {}
-        if self.data.exists():
+        if self.data.exists() and (pg_control or not accepting or self._segment_size is None):
             with contextlib.suppress(ClusterError):
                 control = self.control_data()
-        accepting = running and self.cluster.accepts_connections()
-        row: tuple[Any, ...] = (None,) * 6
-        if accepting:
-            import psycopg
-
-            try:
-                with self.connect() as conn:
-                    row = conn.execute(_STATUS_SQL).fetchone()
-            except (ClusterError, psycopg.Error):
-                # Tolerated only while the server is between states (starting, stopping, promoting);
-                # a server that accepts connections but refuses Ferry's is an error to report.
-                accepting = self.cluster.accepts_connections()
-                if accepting:
-                    raise
-        in_recovery, replay, replay_time, tli, paused, current = row
+        seg = control.get("Bytes per WAL segment", "")
+        if seg.isdigit():
+            self._segment_size = int(seg)
+        in_recovery, replay, replay_time, tli, paused, current = row or (None,) * 6
         if tli is None and control.get("Latest checkpoint's TimeLineID", "").isdigit():
             tli = int(control["Latest checkpoint's TimeLineID"])
-        seg = control.get("Bytes per WAL segment", "")
         return TargetStatus(
             phase=phase,
             running=running,
@@ -744,8 +748,29 @@ class PostgresTarget:
             control_state=control.get("Database cluster state"),
             min_recovery_lsn=_lsn_or_none(control.get("Minimum recovery ending location")),
             checkpoint_redo_lsn=_lsn_or_none(control.get("Latest checkpoint's REDO location")),
-            segment_size=int(seg) if seg.isdigit() else None,
+            segment_size=self._segment_size,
         )
+
+    def _status_row(self) -> tuple[Any, ...] | None:
+        """The status query on the kept connection (made again when the server restarted); None when the
+        server does not take connections (yet)."""
+        import psycopg
+
+        with self._probe_lock:
+            try:
+                if self._probe is None or self._probe.closed:
+                    self._probe = self.connect()
+                return tuple(self._probe.execute(_STATUS_SQL).fetchone())
+            except (ClusterError, psycopg.Error):
+                self.close()
+                return None
+
+    def close(self) -> None:
+        """Close the kept status connection (status() opens it again when needed)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.close()
 
     def promote(self, wait_seconds: int = 60) -> TargetStatus:
         """End recovery and open for writes; a no-op if already promoted."""
