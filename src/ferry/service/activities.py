@@ -172,7 +172,8 @@ class _Progress:
                     return  # the workflow moved the migration on (cutover, cancel): its word stands
                 self.recorded, self.behind_since, self.last_write = flip, None, now
                 self.written = data
-                self.unsent = io.ProgressSignal(flip.value, data)
+                # The workflow keeps what it is told in its history: the status without the file lists.
+                self.unsent = io.ProgressSignal(flip.value, {k: v for k, v in data.items() if k != "details"})
             elif self._due(data, now):
                 self.store.set_status(self.migration_id, data)
                 self.last_write, self.written = now, data

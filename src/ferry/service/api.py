@@ -264,13 +264,20 @@ class BackupFileOut(BaseModel):
     name: str
     status: Literal["arrived", "restoring", "restored", "skipped"]
     reason: str | None = Field(None, description="Why a file was skipped.")
+    size: int | None = Field(None, description="Bytes (log backups).")
 
 
 class BackupSetOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     kind: str = Field(description="full, diff or log")
-    files: list[BackupFileOut] = []
+    files: list[BackupFileOut] = Field(
+        [], description="Its files; for a long log backup set, a window around the replay position."
+    )
+    counts: dict[str, int] | None = Field(
+        None, description="Log backups: how many files have each status, over the whole set."
+    )
+    shown: int | None = Field(None, description="Log backups: how many of them `files` lists.")
 
 
 class StatusDetailsOut(BaseModel):

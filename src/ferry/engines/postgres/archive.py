@@ -30,9 +30,14 @@ import sys
 import threading
 import time
 import uuid
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -41,6 +46,7 @@ from ferry.engines.postgres.cluster import OsUser
 from ferry.engines.postgres.wal import (
     DEFAULT_SEGMENT_SIZE,
     SegmentName,
+    format_lsn,
     parse_lsn,
     parse_segment_name,
 )
@@ -52,9 +58,20 @@ COPY_CHUNK = 4 * 1024 * 1024
 MIN_SEGMENT_SIZE = 1024 * 1024
 MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
 ABSENT_DIR = ".absent"
+IDLE_POLL_SECONDS = 2.0  # the longest a prefetcher waits between rounds while nothing moves
 OWNER_FILE = ".owner"
+# The per-file view of the WAL in the store (PrefetchStats.files) shows at most this many files of each
+# status; PrefetchStats.counts counts them all.
+SHOW_RESTORED = 10  # the newest ones
+SHOW_ARRIVED = 50  # the next ones replay reads
+SHOW_SKIPPED = 20  # the newest ones
+_PARTIAL_REASON = (
+    "a .partial segment (left when a timeline ended): PostgreSQL never restores it; the next timeline's "
+    "copy of this segment holds its WAL"
+)
 
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+_BACKUP_HISTORY = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")  # start segment, offset in it
 _WAL_FILE = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
 
 
@@ -477,6 +494,37 @@ class TimelineChain:
 
 
 @dataclass(frozen=True)
+class WalFileStatus:
+    """One WAL segment in the store, as the migration's status shows it. `status`: `arrived` (not replayed
+    yet), `restoring` (holds the replay position), `restored` (replay is past it) or `skipped` (replay
+    never reads it, `reason` says why)."""
+
+    name: str
+    status: str
+    reason: str | None
+    size: int
+
+
+def _in_wal_order(entry: tuple[int, int, WalFileStatus]) -> tuple[int, int, str]:
+    """By segment number, then timeline, then name (a segment before its .partial)."""
+    return entry[0], entry[1], entry[2].name
+
+
+@dataclass(frozen=True, eq=False)
+class _Listing:
+    """The WAL segments of one listing of the store, indexed so that `stats()` classifies them against
+    the latest replay position in O(log n): the segments replay reads (one per segment number, on the
+    restore path), sorted by number, and the newest of those it never reads."""
+
+    segnos: array[int]
+    timelines: array[int]
+    sizes: array[int]
+    skipped: tuple[tuple[int, int, WalFileStatus], ...]  # (segno, timeline, file): newest SHOW_SKIPPED
+    skipped_count: int
+    backups: array[int]  # start LSNs of the base backups on the restore path (backup history files), sorted
+
+
+@dataclass(frozen=True)
 class PrefetchStats:
     running: bool
     timeline: int
@@ -496,6 +544,12 @@ class PrefetchStats:
     """`missing_next` is missing while later segments exist: replay cannot pass it until it is archived."""
     errors: int
     last_error: str | None
+    files: tuple[WalFileStatus, ...] = ()
+    """WAL segments in the store and their status against the replay position, oldest first, bounded:
+    the newest SHOW_SKIPPED skipped and SHOW_RESTORED restored, the restoring one, the next SHOW_ARRIVED
+    arrived. From the last listing (`.history`, `.backup` and temp files are not segments: not shown)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Segments of each status over the whole last listing (empty before the first listing)."""
 
 
 class Prefetcher:
@@ -539,6 +593,7 @@ class Prefetcher:
         self._workers = max(1, workers)
         self._chain = TimelineChain(timeline, ((timeline, 0),))
         self._rejected: set[int] = set()
+        self._ancestry_known = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -554,6 +609,9 @@ class Prefetcher:
         self._pending = 0
         self._archive_end: int | None = None
         self._missing: str | None = None
+        self._start: int | None = None  # the lowest replay position seen: replay started there or before
+        self._listing: _Listing | None = None
+        self._view: tuple[_Listing, tuple[int, ...], tuple[WalFileStatus, ...], dict[str, int]] | None = None
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -608,10 +666,12 @@ class Prefetcher:
             if self._replay is not None and replay_lsn < self._replay:
                 self._delivered.clear()
             self._replay = replay_lsn
+            self._start = replay_lsn if self._start is None else min(self._start, replay_lsn)
         self._wake.set()
 
     def stats(self) -> PrefetchStats:
         files, size = self._spool_contents()
+        wal_files, counts = self._file_view()
         with self._lock:
             return PrefetchStats(
                 running=self._thread is not None and self._thread.is_alive(),
@@ -630,7 +690,62 @@ class Prefetcher:
                 and self._archive_end > (self._missing_segno() + 1) * self.segment_size,
                 errors=self._errors,
                 last_error=self._last_error,
+                files=wal_files,
+                counts=counts,
             )
+
+    def _file_view(self) -> tuple[tuple[WalFileStatus, ...], dict[str, int]]:
+        """The last listing's segments classified against the latest replay position: bisections and the
+        shown files only, so it costs the same for 100 segments as for 100,000 (and is cached).
+
+        Replay started at the base backup's start: segments before it are skipped. The first position
+        seen can be well past it (the server replays from the store before the prefetcher runs, or this is
+        a resumed replay), so the start is the newest base backup on the restore path that began at or
+        before that position, from its backup history file (`<segment>.<offset>.backup`, archived by
+        every base backup); the first position itself when the store holds none."""
+        with self._lock:
+            listing, replay, start, view = self._listing, self._replay, self._start, self._view
+        if listing is None or replay is None:
+            return (), {}
+        segnos, seg = listing.segnos, self.segment_size
+        start = start if start is not None else 0
+        began = bisect_right(listing.backups, start)
+        if began:
+            start = listing.backups[began - 1]
+        first = bisect_left(segnos, start // seg)
+        current = max(first, bisect_left(segnos, replay // seg))
+        after = max(current, bisect_right(segnos, replay // seg))
+        key = (first, current, after)
+        if view is not None and view[0] is listing and view[1] == key:
+            return view[2], dict(view[3])
+
+        def chosen(i: int, status: str, reason: str | None = None) -> tuple[int, int, WalFileStatus]:
+            tli, segno = listing.timelines[i], segnos[i]
+            name = SegmentName(tli, segno).name(seg)
+            return segno, tli, WalFileStatus(name, status, reason, listing.sizes[i])
+
+        before = "before the replay start (its changes are in the base backup)"
+        shown = sorted(
+            [
+                *listing.skipped,
+                *(chosen(i, "skipped", before) for i in range(max(0, first - SHOW_SKIPPED), first)),
+            ],
+            key=_in_wal_order,
+        )[-SHOW_SKIPPED:]
+        shown += [chosen(i, "restored") for i in range(max(first, current - SHOW_RESTORED), current)]
+        shown += [chosen(i, "restoring") for i in range(current, after)]
+        shown += [chosen(i, "arrived") for i in range(after, min(len(segnos), after + SHOW_ARRIVED))]
+        shown.sort(key=_in_wal_order)
+        files = tuple(entry[2] for entry in shown)
+        counts = {
+            "skipped": listing.skipped_count + first,
+            "restored": current - first,
+            "restoring": after - current,
+            "arrived": len(segnos) - after,
+        }
+        with self._lock:
+            self._view = (listing, key, files, counts)
+        return files, dict(counts)
 
     def _missing_segno(self) -> int:
         parsed = parse_segment_name(self._missing or "", self.segment_size)
@@ -639,7 +754,9 @@ class Prefetcher:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        pause = self.poll_interval
         while not self._stop.is_set():
+            before = (self._replay, self._fetched)
             try:
                 self.poll()
             except (FerryError, OSError) as exc:
@@ -648,7 +765,14 @@ class Prefetcher:
                 with self._lock:
                     self._errors += 1
                     self._last_error = str(exc)
-            self._wake.wait(self.poll_interval)
+            # A round that moved nothing (replay waits for a segment the store does not have yet) makes
+            # the next one wait twice as long, up to IDLE_POLL_SECONDS: each round asks the store about the
+            # next segment, and hundreds of caught-up migrations must not hammer an S3 bucket. A new
+            # replay position (advance) wakes the loop at once and starts over from poll_interval.
+            idle = not self._inflight and before == (self._replay, self._fetched)
+            pause = min(max(pause * 2, self.poll_interval), IDLE_POLL_SECONDS) if idle else self.poll_interval
+            if self._wake.wait(pause):
+                pause = self.poll_interval
             self._wake.clear()
 
     def poll(self) -> None:
@@ -729,6 +853,7 @@ class Prefetcher:
         """Probe `<target+1>.history` upwards like PostgreSQL's findNewestTimeLine; switch to a newer
         timeline only if it forks off the followed one at or after the replay position (else PostgreSQL
         refuses it too and stays). Returns the first timeline without a history file."""
+        self._load_ancestry()
         probe = self._chain.target + 1
         while True:
             if probe in self._rejected:
@@ -745,6 +870,20 @@ class Prefetcher:
             else:
                 self._rejected.add(probe)
             probe += 1
+
+    def _load_ancestry(self) -> None:
+        """The followed timeline's own history, once: when the source was promoted after its base backup,
+        replay starts on an older timeline, and its segments are on the restore path too."""
+        if self._ancestry_known:
+            return
+        target = self._chain.target
+        if target > 1 and self._chain.spans == ((target, 0),):
+            text = self._read_small(f"{target:08X}.history")
+            if text is None:
+                return  # not archived yet: asked again next round
+            with self._lock:
+                self._chain = TimelineChain.of(target, parse_history(text))
+        self._ancestry_known = True
 
     def _read_small(self, name: str) -> str | None:
         try:
@@ -815,23 +954,97 @@ class Prefetcher:
             _write_small(folder / name, "")
 
     def _list(self, current: int) -> None:
-        """Pending segments and the archive's end on the followed timelines, from a listing (less often
-        than the planning stats: a listing of a long archive is the expensive call on any store)."""
-        timelines = self._chain.timelines()
+        """Pending segments and the archive's end on the followed timelines, and every segment's place on
+        the restore path (for `stats().files`), from one listing (less often than the planning stats: a
+        listing of a long archive is the expensive call on any store)."""
+        chain = self._chain
+        timelines = chain.timelines()
         ahead: set[int] = set()  # segment numbers: a switch segment exists on two timelines
         end: int | None = None
+        segments: list[tuple[int, int, int]] = []  # (segno, timeline, size), every timeline
+        partials: list[tuple[int, int, WalFileStatus]] = []
+        backups: list[int] = []
         for info in self.store.iter_objects(WAL_PREFIX):
-            parsed = parse_segment_name(info.key[len(WAL_PREFIX) :], self.segment_size)
-            if parsed is None or parsed.timeline not in timelines:
+            name = info.key[len(WAL_PREFIX) :]
+            parsed = parse_segment_name(name, self.segment_size)
+            if parsed is None:
+                label = _BACKUP_HISTORY.match(name)
+                began = parse_segment_name(label.group(1), self.segment_size) if label else None
+                if label and began and began.timeline in timelines:
+                    backups.append(began.start_lsn(self.segment_size) + int(label.group(2), 16))
+                base = name.removesuffix(".partial")
+                partial = parse_segment_name(base, self.segment_size) if base != name else None
+                if partial is not None:
+                    file = WalFileStatus(name, "skipped", _PARTIAL_REASON, info.size)
+                    partials.append((partial.segno, partial.timeline, file))
+                continue
+            segments.append((parsed.segno, parsed.timeline, info.size))
+            if parsed.timeline not in timelines:
                 continue
             if parsed.segno > current:
                 ahead.add(parsed.segno)
             seg_end = parsed.end_lsn(self.segment_size)
             end = seg_end if end is None else max(end, seg_end)
         pending = len(ahead)
+        listing = self._index(segments, partials, chain, backups)
         self._last_listing = time.monotonic()
         with self._lock:
-            self._pending, self._archive_end = pending, end
+            self._pending, self._archive_end, self._listing = pending, end, listing
+
+    def _index(
+        self,
+        segments: list[tuple[int, int, int]],
+        partials: list[tuple[int, int, WalFileStatus]],
+        chain: TimelineChain,
+        backups: list[int],
+    ) -> _Listing:
+        """Which copy of each segment number replay reads: the first of `chain.candidates` in the store,
+        unless its timeline ended before the segment (PostgreSQL rejects such a copy as out of sequence).
+        Every other copy is skipped, with the reason."""
+        seg = self.segment_size
+        begins = dict(chain.spans)
+        ends: dict[int, tuple[int, int]] = {}  # timeline: (where it ends, the timeline that goes on)
+        for (newer, begin), (older, _) in zip(chain.spans, chain.spans[1:], strict=False):
+            ends[older] = (begin, newer)
+        path = ", ".join(str(t) for t, _ in reversed(chain.spans))
+        path = f"timelines {path}" if len(chain.spans) > 1 else f"timeline {path}"
+
+        def ended(tli: int, segno: int) -> bool:
+            return tli in ends and segno > ends[tli][0] // seg
+
+        def reason(tli: int, segno: int, pick: int | None) -> str:
+            if tli not in begins:
+                return f"on timeline {tli}, which is not on the restore path ({path})"
+            if segno < begins[tli] // seg:
+                return f"before timeline {tli} begins (at {format_lsn(begins[tli])})"
+            if ended(tli, segno):
+                at, newer = ends[tli]
+                return f"after timeline {tli} ends at {format_lsn(at)}; replay continues on timeline {newer}"
+            assert pick is not None
+            copy = SegmentName(pick, segno).name(seg)
+            return f"superseded by {copy}, timeline {pick}'s copy of this segment"
+
+        segnos, tlis, sizes = array("q"), array("q"), array("q")
+        skipped: deque[tuple[int, int, WalFileStatus]] = deque(maxlen=SHOW_SKIPPED)
+        count = len(partials)
+        segments.sort()
+        for segno, group in groupby(segments, key=itemgetter(0)):
+            copies = list(group)
+            present = {tli for _, tli, _ in copies}
+            pick = next(
+                (t for t in chain.candidates(segno, seg) if t in present and not ended(t, segno)), None
+            )
+            for _, tli, size in copies:
+                if tli == pick:
+                    segnos.append(segno)
+                    tlis.append(tli)
+                    sizes.append(size)
+                    continue
+                count += 1
+                name = SegmentName(tli, segno).name(seg)
+                skipped.append((segno, tli, WalFileStatus(name, "skipped", reason(tli, segno, pick), size)))
+        newest = sorted([*skipped, *partials], key=_in_wal_order)[-SHOW_SKIPPED:]
+        return _Listing(segnos, tlis, sizes, tuple(newest), count, array("q", sorted(backups)))
 
     def _spool_contents(self) -> tuple[set[str], int]:
         names: set[str] = set()

@@ -350,7 +350,7 @@ class Replay:
         settled_since: float | None = None
         last_position: int | None = None
         while True:
-            st = self.target.status()
+            st = self.target.status(pg_control=False)
             self.last = st
             position = st.position
             if position is not None:
@@ -392,7 +392,7 @@ class Replay:
         settled_since: float | None = None
         last: int | None = None
         while self.target.phase() is not Phase.PROMOTED:
-            st = self.target.status()
+            st = self.target.status(pg_control=False)
             if st.position is not None:
                 self.prefetcher.advance(st.position)
                 if self.started is None:
@@ -411,7 +411,7 @@ class Replay:
             self._report(st, stats, _Rate(), False)
             if check is not None:
                 check()
-            time.sleep(0.02)
+            time.sleep(0.05)
         self.reporter.emit(phase="cutting over: promoting the target")
         promoted = self.target.promote()
         written = self.target.verify_writable()
@@ -443,6 +443,13 @@ class Replay:
         state = State.READY_FOR_CUTOVER if caught_up else State.RESTORING_LOGS
         if self.reporter.state is State.CUTTING_OVER:
             state = State.CUTTING_OVER
+        restoring = next((f.name for f in stats.files if f.status == "restoring"), None)
+        restored = [f.name for f in stats.files if f.status == "restored"]  # oldest first
+        known: dict[str, Any] = {}
+        if restored:
+            known["last_file"] = restored[-1]
+        if stats.counts:  # after the prefetcher's first listing of the store
+            known["details"] = self._details_with_wal(stats)
         self.reporter.emit(
             state,
             phase="replaying WAL" if not caught_up else "caught up; replaying new WAL as it arrives",
@@ -453,12 +460,41 @@ class Replay:
             pending_files=stats.pending,
             pending_bytes=stats.pending * (st.segment_size or 0),
             throughput=speed,
-            current_file=stats.missing_next,
+            current_file=restoring or stats.missing_next,
             blocked_reason=blocked,
             cutover_estimate_seconds=estimate,
             bytes_done=0,
             bytes_total=None,
+            **known,
         )
+
+    def _details_with_wal(self, stats: archive.PrefetchStats) -> dict[str, Any]:
+        """The reporter's details with the log backup set (the WAL segments in the store and their status)
+        in place of any earlier one; the other sets (the base backup) are kept as they are."""
+        details = dict(self.reporter.status.details)
+        sets = [
+            s
+            for s in details.get("backup_sets") or []
+            if not (isinstance(s, dict) and s.get("kind") == "log")
+        ]
+        files: list[dict[str, Any]] = []
+        for f in stats.files:
+            entry: dict[str, Any] = {"name": f.name, "status": f.status}
+            if f.reason is not None:
+                entry["reason"] = f.reason
+            entry["size"] = f.size
+            files.append(entry)
+        sets.append(
+            {
+                "name": f"WAL timeline {stats.timeline}",
+                "kind": "log",
+                "counts": dict(stats.counts),
+                "files": files,
+                "shown": len(files),
+            }
+        )
+        details["backup_sets"] = sets
+        return details
 
 
 def replay(
