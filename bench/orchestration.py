@@ -114,8 +114,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--noop-mode",
         choices=("offline", "online"),
-        default="offline",
-        help="offline (default): straight through, no bulk cutover; online: ReadyForCutover, then a bulk cutover",
+        default="online",
+        help="online (default): ReadyForCutover, then a bulk cutover; offline: straight through, no cutover request",
     )
     p.add_argument(
         "--noop-timeout", type=float, default=600, help="give up on part 2 after this many s (600)"
@@ -138,6 +138,7 @@ def control_worker(client: Client, store: SqlStateStore) -> Worker:
         activities=[ctl.record_state, ctl.record_event],
         activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
         max_concurrent_activities=CONTROL_SLOTS,
+        max_concurrent_local_activities=CONTROL_SLOTS,
     )
 
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8470
 DEFAULT_CONCURRENCY = 4
 DEFAULT_TARGET = "local"  # the target `ferry serve` serves when no --target is given: DATA/targets
-CONTROL_SLOTS = 200
+CONTROL_SLOTS = 16
 
 
 @dataclass
@@ -240,6 +240,7 @@ class Service:
             activities=[ctl.record_state, ctl.record_event],
             activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
             max_concurrent_activities=CONTROL_SLOTS,
+            max_concurrent_local_activities=CONTROL_SLOTS,
         )
 
 

@@ -48,6 +48,10 @@ RECORD_RETRY = RetryPolicy(
 )
 # A step's heartbeat timeout: a dead agent is noticed within this, and its activity retried elsewhere.
 HEARTBEAT = timedelta(seconds=10)
+# Replay's is longer: the target server replays on its own while its agent is away (the activity only
+# feeds the spool and reports), and hundreds of migrations wait in ReadyForCutover for days, each
+# heartbeating at 80% of this (the SDK's throttle) into Temporal.
+REPLAY_HEARTBEAT = timedelta(seconds=30)
 VALIDATE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     maximum_interval=timedelta(seconds=30),
@@ -198,7 +202,7 @@ class MigrationWorkflow:
             result_type=io.ReplayDone,
             task_queue=io.ops_queue(inp.target),
             start_to_close_timeout=timedelta(days=365),
-            heartbeat_timeout=HEARTBEAT,
+            heartbeat_timeout=REPLAY_HEARTBEAT,
             retry_policy=REPLAY_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
