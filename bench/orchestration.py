@@ -418,9 +418,16 @@ class NoopTarget:
             {"step": step, "seconds": round(time.time() - t0, 3), "finished_at": now},
         )
 
+    async def _enter(self, inp: io.StepInput) -> None:
+        """As TargetActivities._enter: the state the workflow leaves to the step."""
+        if inp.enter is not None:
+            status = {"state": inp.enter, "phase": io.ENTRY_PHASES[inp.enter]}
+            await asyncio.to_thread(self.store.set_state, inp.migration.id, State(inp.enter), status)
+
     @activity.defn(name=io.A_VALIDATE)
     async def validate(self, inp: io.StepInput) -> io.Prepared:
         t0 = time.time()
+        await self._enter(inp)
         await self._event(inp.migration.id, "validate", t0)
         return io.Prepared(
             target_root=f"/nonexistent/{inp.migration.id}",
@@ -476,6 +483,7 @@ class NoopTarget:
         m = inp.step.migration
         t0 = time.time()
         self.replays.setdefault(m.id, asyncio.Event()).set()
+        await self._enter(inp.step)
         await self._event(m.id, "cutover", t0)
         return {
             "state": "Succeeded",

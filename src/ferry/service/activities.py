@@ -410,6 +410,14 @@ class TargetActivities:
                 )
                 raise
 
+    def _enter(self, inp: io.StepInput) -> None:
+        """Record the state the workflow left to this step (StepInput.enter). Staying put is allowed (a
+        retry); a migration that moved on (canceled) refuses it with InvalidTransition, a permanent error."""
+        if inp.enter is not None:
+            state = State(inp.enter)
+            status = {"state": state.value, "phase": io.ENTRY_PHASES.get(state.value, state.value)}
+            self.store.set_state(inp.migration.id, state, status)
+
     def _open(self, inp: io.StepInput) -> tuple[PostgresTarget, io.Prepared]:
         assert inp.prepared is not None
         return PostgresTarget.open(Path(inp.prepared.target_root)), inp.prepared
@@ -424,6 +432,7 @@ class TargetActivities:
     def validate(self, inp: io.StepInput) -> io.Prepared:
         m = inp.migration
         with self._activity(m.id, "validate"):
+            self._enter(inp)
             started, t0 = _now(), time.monotonic()
             cfg = self._config(m.target)
             spec = self._spec(m)
@@ -690,6 +699,7 @@ class TargetActivities:
             started, t0 = _now(), time.monotonic()
             with self.replays.cutting_over(m.id):
                 stop_seconds = time.monotonic() - t0
+                self._enter(inp.step)  # after the replay stopped: its last status write comes before
                 return self._cut_over(inp, started, t0, stop_seconds)
 
     def _cut_over(self, inp: io.CutoverInput, started: str, t0: float, stop_seconds: float) -> dict[str, Any]:

@@ -9,7 +9,9 @@ It walks the states of core.migration (only along TRANSITIONS):
 Every state change is recorded through the `ferry.record_state` activity, so the state store stays the
 source of truth the API reads. It runs as a local activity, in the worker that runs the workflow (which
 holds the store): a marker in the workflow's history instead of a task through the Temporal server, which
-halves what each migration costs the server. While an online migration replays, its replay activity moves
+halves what each migration costs the server. Validating and CuttingOver are recorded by their steps as
+they start (StepInput.enter), which saves a round trip between a request and the step that serves it.
+While an online migration replays, its replay activity moves
 it between RestoringLogs and ReadyForCutover in the store itself and tells the workflow with a `progress`
 signal (for the `status` query).
 
@@ -160,11 +162,11 @@ class MigrationWorkflow:
         online = inp.mode == "online"
         if self._cancel:
             raise _Canceled()
-        await self._record(inp, "Validating", phase="reading the source's backups")
+        self._entered("Validating")
         prepared = await self._step(
             workflow.start_activity(
                 io.A_VALIDATE,
-                io.StepInput(inp),
+                io.StepInput(inp, enter="Validating"),
                 result_type=io.Prepared,
                 task_queue=io.ops_queue(inp.target),
                 start_to_close_timeout=timedelta(hours=2),
@@ -223,11 +225,11 @@ class MigrationWorkflow:
             done = ended
             request = io.CutoverSignal(ended.requested_at, ended.final_lsn)
         self._cutting = True
-        await self._record(inp, "CuttingOver", phase="cutting over")
+        self._entered("CuttingOver")
         result: dict[str, Any] = await workflow.execute_activity(
             io.A_CUTOVER,
             io.CutoverInput(
-                step,
+                io.StepInput(inp, prepared, enter="CuttingOver"),
                 requested_at=request.requested_at,
                 final_lsn=request.final_lsn,
                 restored_bytes=restored.archive_bytes,
@@ -258,6 +260,12 @@ class MigrationWorkflow:
                 await handle
             raise _Canceled()
         return await handle
+
+    def _entered(self, state: str) -> None:
+        """A state the next step records in the store itself as it starts (StepInput.enter); the workflow
+        only keeps it for its `status` query."""
+        self._state = state
+        self._status = {"state": state, "phase": io.ENTRY_PHASES[state]}
 
     async def _record(
         self, inp: io.MigrationInput, state: str, *, phase: str, error: str | None = None, **status: Any

@@ -54,8 +54,8 @@ RESULT_FILE = "ferry-result.json"
 # How long the replay position must stand still at the end of the archive before Ferry calls the target
 # caught up (an offline migration then promotes; a cutover without a final LSN does too).
 SETTLE_SECONDS = 1.0
-# PostgreSQL itself retries a missing WAL file every wal_retrieve_retry_interval (5 s by default): looking
-# at an idle standby more often than that learns nothing new.
+# A standby with nothing new to replay changes only when a segment arrives (archive_timeout, a minute on
+# many sources): after IDLE_AFTER_SECONDS still, it is looked at every IDLE_POLL_SECONDS.
 IDLE_AFTER_SECONDS = 10.0
 IDLE_POLL_SECONDS = 5.0
 
@@ -322,6 +322,8 @@ class Replay:
         )
         self.started: tuple[float, int] | None = None
         self.last: TargetStatus | None = None
+        self._fetched_seen = 0
+        self._position_seen: int | None = None
 
     def __enter__(self) -> Replay:
         self.prefetcher.start()
@@ -359,6 +361,7 @@ class Replay:
                 if self.started is None:
                     self.started = (time.time(), position)
             stats = self.prefetcher.stats()
+            self._nudge(st, stats)
             caught_up = self._caught_up(st, stats)
             if caught_up and position == last_position:
                 settled_since = settled_since or time.monotonic()
@@ -398,6 +401,7 @@ class Replay:
                 if self.started is None:
                     self.started = (time.time(), st.position)
             stats = self.prefetcher.stats()
+            self._nudge(st, stats)
             if final is not None:
                 if st.replay_lsn is not None and st.replay_lsn >= final:
                     break
@@ -417,6 +421,14 @@ class Replay:
         written = self.target.verify_writable()
         downtime = time.time() - request.requested_at
         return CutoverOutcome(final, downtime, promoted.current_lsn or written.lsn)
+
+    def _nudge(self, st: TargetStatus, stats: archive.PrefetchStats) -> None:
+        """The prefetcher delivered segments while replay stood still: the standby waits out
+        wal_retrieve_retry_interval before it looks again, so wake it now."""
+        fetched, self._fetched_seen = self._fetched_seen, stats.segments_fetched
+        stalled, self._position_seen = st.position == self._position_seen, st.position
+        if stats.segments_fetched > fetched and stalled and st.in_recovery:
+            self.target.wake_recovery()
 
     @staticmethod
     def _caught_up(st: TargetStatus, stats: archive.PrefetchStats) -> bool:

@@ -59,6 +59,7 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _ARCHIVE_NAME = re.compile(r"^(base|pg_wal|\d+)\.tar(\.gz|\.lz4|\.zst)?$")
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+RETRY_INTERVAL = "1s"  # wal_retrieve_retry_interval of a target in recovery
 
 Verify = Literal["none", "sizes", "checksums"]
 TarInput = Path | str | RangeReader
@@ -599,7 +600,9 @@ class PostgresTarget:
             "restore_command": conf_quote(restore_command),
             "recovery_target_timeline": conf_quote("latest"),
             "hot_standby": "on",
-            "wal_retrieve_retry_interval": conf_quote("200ms"),
+            # How often a standby waiting for the next segment runs restore_command again (a shell each
+            # time, per target). Ferry wakes it at once when the prefetcher delivers (wake_recovery).
+            "wal_retrieve_retry_interval": conf_quote(RETRY_INTERVAL),
             "archive_mode": "off",
             "archive_command": conf_quote(""),
             # A source that was itself a standby carries its primary's address: never connect there.
@@ -754,13 +757,25 @@ class PostgresTarget:
     def _status_row(self) -> tuple[Any, ...] | None:
         """The status query on the kept connection (made again when the server restarted); None when the
         server does not take connections (yet)."""
+        row = self._on_probe(_STATUS_SQL)
+        return tuple(row) if row is not None else None
+
+    def wake_recovery(self) -> bool:
+        """Make a standby that waits for WAL look again now rather than after wal_retrieve_retry_interval:
+        a configuration reload (SIGHUP) sets the startup process's wakeup latch. False if the server does
+        not take connections."""
+        return self._on_probe("SELECT pg_reload_conf()") is not None
+
+    def _on_probe(self, sql: str) -> Any:
+        """One row of `sql` on the kept connection (made again after a restart); None when the server does
+        not take connections (yet)."""
         import psycopg
 
         with self._probe_lock:
             try:
                 if self._probe is None or self._probe.closed:
                     self._probe = self.connect()
-                return tuple(self._probe.execute(_STATUS_SQL).fetchone())
+                return self._probe.execute(sql).fetchone()
             except (ClusterError, psycopg.Error):
                 self.close()
                 return None
