@@ -30,6 +30,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -271,3 +272,35 @@ def replace_file(path: Path, data: bytes) -> None:
     """Write `data` as a new file at `path` (breaking a hard link made by `snapshot`)."""
     path.unlink(missing_ok=True)
     path.write_bytes(data)
+
+
+class RowWriter:
+    """An application writing to a source: one row per committed transaction into `orders`, counted once
+    committed, until `stop()`. `committed` is then exactly the number of rows the table must hold."""
+
+    def __init__(self, source: PgSource, pause: float = 0.0) -> None:
+        self.source = source
+        self.pause = pause
+        self.committed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="row-writer", daemon=True)
+
+    def start(self) -> RowWriter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return self.committed
+
+    def _run(self) -> None:
+        with self.source.cluster.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
+            while not self._stop.is_set():
+                n = self.committed
+                conn.execute("INSERT INTO orders VALUES (%s, md5(%s::text))", (n + 1, n))
+                self.committed = n + 1
+                if self.pause:
+                    time.sleep(self.pause)

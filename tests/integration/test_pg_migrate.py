@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from ferry.engines.postgres.cutover import CutoverRequest
 from ferry.engines.postgres.migration import Migration, MigrationBlocked, MigrationSpec
 from ferry.engines.postgres.target import PostgresTarget
 from ferry.engines.postgres.verify import differences, fingerprints
-from tests.integration.pgsource import PgSource, make_root, require_postgres, start_source
+from tests.integration.pgsource import PgSource, RowWriter, make_root, require_postgres, start_source
 
 
 def _wal_push_command(store: Path) -> str:
@@ -79,21 +78,7 @@ def test_offline_restores_to_the_end_of_the_archive_and_promotes(root: Path) -> 
 
 def test_online_cutover_under_writes_loses_nothing(root: Path) -> None:
     src = _source(root)
-    committed = [0]
-    stop = threading.Event()
-
-    def writer() -> None:
-        # One row per committed transaction, as an application would write; counted once committed.
-        with src.cluster.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
-            while not stop.is_set():
-                conn.execute(
-                    "INSERT INTO orders VALUES (%s, md5(%s::text))", (committed[0] + 1, committed[0])
-                )
-                committed[0] += 1
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    writer = RowWriter(src).start()
     rec = _Recorder()
     ready: list[float] = []
 
@@ -106,22 +91,21 @@ def test_online_cutover_under_writes_loses_nothing(root: Path) -> None:
         if not ready or time.monotonic() - ready[0] < 2:
             return None
         stopped = time.time()
-        stop.set()
-        thread.join()
+        writer.stop()
         return CutoverRequest(stopped, final_lsn=src.switch_lsn())
 
     try:
         result = Migration(MigrationSpec(str(src.store), root / "target"), report, cutover).run()
         target = PostgresTarget.open(root / "target")
-        assert committed[0] > 100
-        assert _count(target, "orders") == committed[0] == _count(src.cluster, "orders")
+        assert writer.committed > 100
+        assert _count(target, "orders") == writer.committed == _count(src.cluster, "orders")
         before = fingerprints(src.cluster.connect, ["postgres"])
         assert differences(before, fingerprints(target.connect, ["postgres"])) == []
         assert State.READY_FOR_CUTOVER in rec.states and State.CUTTING_OVER in rec.states
         assert result.downtime_seconds is not None and result.downtime_seconds < 30
         target.stop()
     finally:
-        stop.set()
+        writer.stop()
         src.stop()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
-from tests.integration.pgsource import make_root, require_postgres
+from tests.integration.pgsource import PgSource, RowWriter, make_root, require_postgres
 from tests.integration.test_service_lifecycle import (
     ROWS,
     Served,
@@ -45,6 +44,19 @@ def _client(port: int, token: str) -> object:
     )
 
 
+def start_agent(log: Path, targets: Path, tport: int, store: str, *extra: str) -> subprocess.Popen[bytes]:
+    """`ferry agent` of target "remote" in its own process, once it serves its queues."""
+    with open(log, "wb") as f:
+        args = ["agent", "--target", "remote", "--root", str(targets), "--temporal", f"127.0.0.1:{tport}"]
+        proc = subprocess.Popen(
+            [*ferry_command(), *args, "--store", store, *extra],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    wait_line(log, "agent of target remote", proc)
+    return proc
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -59,32 +71,46 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
+def _replay_resumed(served: Served, mid: str, killed_at: float) -> None:
+    """Until the replay step runs again after the kill, and the target has caught up."""
+    deadline = time.monotonic() + 90
+    while not any("replay resumed" in e["message"] for e in served.events(mid)):
+        assert time.monotonic() < deadline, "the replay step was not retried after the kill"
+        time.sleep(0.3)
+    served.wait([mid], {"ReadyForCutover"}, timeout=120)
+    print(f"replay resumed {time.monotonic() - killed_at:.1f} s after the kill")
+
+
+def _cut_over_and_check(served: Served, mid: str, src: PgSource, writer: RowWriter, folder: Path) -> None:
+    """Stop the writes, cut over at the source's last LSN: every committed row is on the target, and the
+    base backup was restored once and the cutover ran once."""
+    writer.stop()
+    final = switch(src)
+    r = served.api.post("/api/v1/migrations/cutover", json={"ids": [mid], "final_lsn": {mid: final}})
+    assert r.status_code == 202, r.text
+    (done,) = served.wait([mid], {"Succeeded"}, timeout=120)
+    target = PostgresTarget.open(folder)
+    assert writer.committed > 100
+    assert count(target, "orders") == writer.committed == count(src.cluster, "orders")
+    assert count(target) == ROWS
+    assert len(_steps(served, mid, "restore_base")) == 1
+    assert len(_steps(served, mid, "cutover")) == 1
+    assert done["status"]["result"]["downtime_seconds"] < 60
+
+
 def test_serve_killed_during_replay_resumes_and_loses_no_row(root: Path) -> None:
     data = root / "data"
     src = make_source(root / "s1")
-    committed = [0]
-    stop = threading.Event()
-
-    def writer() -> None:  # one committed row at a time, as an application writes, through it all
-        with src.cluster.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
-            while not stop.is_set():
-                conn.execute(
-                    "INSERT INTO orders VALUES (%s, md5(%s::text))", (committed[0] + 1, committed[0])
-                )
-                committed[0] += 1
-                time.sleep(0.002)
-
+    writer = RowWriter(src, pause=0.002)  # one committed row at a time, through it all
     proc, port, tport, out = start_serve(data, "--target", f"local={data / 'targets'}:2")
     api = None
-    thread = threading.Thread(target=writer, daemon=True)
     try:
         token = token_from(out.read_text())
         api = _client(port, token)
         served = Served(data, port, tport, token, proc, out, api)
         (record,) = served.create([{"source": str(src.store), "target": "local", "name": "db1"}])
         mid = record["id"]
-        thread.start()
+        writer.start()
         served.wait([mid], {"ReadyForCutover", "RestoringLogs"}, timeout=120)
         switch(src)
         time.sleep(2)  # replaying, the writer going on
@@ -97,29 +123,10 @@ def test_serve_killed_during_replay_resumes_and_loses_no_row(root: Path) -> None
             data, "--target", f"local={data / 'targets'}:2", port=port, log=root / "serve-2.log"
         )
         served.proc, served.out = proc, out
-        deadline = time.monotonic() + 90
-        while not any("replay resumed" in e["message"] for e in served.events(mid)):
-            assert time.monotonic() < deadline, "the replay activity was not retried after the crash"
-            time.sleep(0.3)
-        served.wait([mid], {"ReadyForCutover"}, timeout=120)
-        print(f"replay resumed {time.monotonic() - killed_at:.1f} s after the kill")
-        stop.set()
-        thread.join()
-        final = switch(src)
-        r = served.api.post("/api/v1/migrations/cutover", json={"ids": [mid], "final_lsn": {mid: final}})
-        assert r.status_code == 202, r.text
-        (done,) = served.wait([mid], {"Succeeded"}, timeout=120)
-        target = PostgresTarget.open(data / "targets" / mid)
-        assert committed[0] > 100
-        assert count(target, "orders") == committed[0] == count(src.cluster, "orders")
-        assert count(target) == ROWS
-        restores = [
-            e for e in served.events(mid) if e["kind"] == "step" and e["data"]["step"] == "restore_base"
-        ]
-        assert len(restores) == 1
-        assert done["status"]["result"]["downtime_seconds"] < 60
+        _replay_resumed(served, mid, killed_at)
+        _cut_over_and_check(served, mid, src, writer, data / "targets" / mid)
     finally:
-        stop.set()
+        writer.stop()
         if api is not None:
             api.close()  # type: ignore[attr-defined]
         _stop(proc)
@@ -137,27 +144,7 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
     served = Served(data, port, tport, token, proc, out, api)
 
     def agent(log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as f:
-            p = subprocess.Popen(
-                [
-                    *ferry_command(),
-                    "agent",
-                    "--target",
-                    "remote",
-                    "--root",
-                    str(targets),
-                    "--temporal",
-                    f"127.0.0.1:{tport}",
-                    "--concurrency",
-                    "2",
-                    "--store",
-                    str(data / "state.db"),
-                ],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        wait_line(log, "agent of target remote", p)
-        return p
+        return start_agent(log, targets, tport, str(data / "state.db"), "--concurrency", "2")
 
     first = agent(root / "agent-1.log")
     second: subprocess.Popen[bytes] | None = None
@@ -288,47 +275,17 @@ def test_agent_killed_during_replay_resumes_on_a_new_agent(root: Path, state_pg:
     token = token_from(out.read_text())
     api = _client(port, token)
     served = Served(data, port, tport, token, proc, out, api)
-    committed = [0]
-    stop = threading.Event()
-
-    def writer() -> None:
-        with src.cluster.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS orders (id bigint PRIMARY KEY, v text)")
-            while not stop.is_set():
-                conn.execute(
-                    "INSERT INTO orders VALUES (%s, md5(%s::text))", (committed[0] + 1, committed[0])
-                )
-                committed[0] += 1
-                time.sleep(0.002)
+    writer = RowWriter(src, pause=0.002)
 
     def agent(log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as f:
-            p = subprocess.Popen(
-                [
-                    *ferry_command(),
-                    "agent",
-                    "--target",
-                    "remote",
-                    "--root",
-                    str(targets),
-                    "--temporal",
-                    f"127.0.0.1:{tport}",
-                    "--store",
-                    state_pg,
-                ],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        wait_line(log, "agent of target remote", p)
-        return p
+        return start_agent(log, targets, tport, state_pg)
 
     first = agent(root / "agent-1.log")
     second: subprocess.Popen[bytes] | None = None
-    thread = threading.Thread(target=writer, daemon=True)
     try:
         (record,) = served.create([{"source": str(src.store), "target": "remote", "name": "db1"}])
         mid = record["id"]
-        thread.start()
+        writer.start()
         served.wait([mid], {"ReadyForCutover", "RestoringLogs"}, timeout=120)
         switch(src)
         time.sleep(2)
@@ -338,27 +295,10 @@ def test_agent_killed_during_replay_resumes_on_a_new_agent(root: Path, state_pg:
             time.sleep(0.5)
             switch(src)
         second = agent(root / "agent-2.log")
-        deadline = time.monotonic() + 90
-        while not any("replay resumed" in e["message"] for e in served.events(mid)):
-            assert time.monotonic() < deadline, "the replay activity was not retried on the new agent"
-            time.sleep(0.3)
-        served.wait([mid], {"ReadyForCutover"}, timeout=120)
-        print(f"replay resumed {time.monotonic() - killed_at:.1f} s after the kill")
-        stop.set()
-        thread.join()
-        final = switch(src)
-        r = served.api.post("/api/v1/migrations/cutover", json={"ids": [mid], "final_lsn": {mid: final}})
-        assert r.status_code == 202, r.text
-        (done,) = served.wait([mid], {"Succeeded"}, timeout=120)
-        target = PostgresTarget.open(targets / mid)
-        assert committed[0] > 100
-        assert count(target, "orders") == committed[0] == count(src.cluster, "orders")
-        assert count(target) == ROWS
-        assert len(_steps(served, mid, "restore_base")) == 1
-        assert len(_steps(served, mid, "cutover")) == 1
-        assert done["status"]["result"]["downtime_seconds"] < 60
+        _replay_resumed(served, mid, killed_at)
+        _cut_over_and_check(served, mid, src, writer, targets / mid)
     finally:
-        stop.set()
+        writer.stop()
         api.close()
         for p in (first, second):
             if p is not None:

@@ -380,6 +380,23 @@ class TargetActivities:
         except Exception as exc:
             log.warning("cannot record an event of %s: %s", migration_id, exc)
 
+    def _step_event(
+        self, migration_id: str, step: str, message: str, command: str, started: str, t0: float, **data: Any
+    ) -> None:
+        """The "step" event of a finished step: what ran (`command`), when, how long, which attempt."""
+        self._event(
+            migration_id,
+            "step",
+            message,
+            step=step,
+            command=command,
+            started_at=started,
+            finished_at=_now(),
+            seconds=round(time.monotonic() - t0, 3),
+            attempt=activity.info().attempt,
+            **data,
+        )
+
     @contextlib.contextmanager
     def _activity(self, migration_id: str, step: str) -> Iterator[None]:
         """Shield the body from asynchronous cancellation; turn Ferry's errors into ApplicationErrors and
@@ -447,23 +464,20 @@ class TargetActivities:
             base = pgm.BaseBackupRef.of(plan)
             phase = target.phase()
             warnings = [f.message for f in plan.findings if f.severity.value != "error"]
-            self._event(
+            self._step_event(
                 m.id,
-                "step",
+                "validate",
                 f"validated '{m.source}': base backup {base.tar}, timeline {walk.target_timeline}, "
                 f"WAL to {format_lsn(walk.end_lsn)}; target folder {folder} (port "
                 f"{target.record.port}, {phase.value})",
-                step="validate",
-                command=f"scan {m.source}; choose the restore chain",
-                started_at=started,
-                finished_at=_now(),
-                seconds=round(time.monotonic() - t0, 3),
+                f"scan {m.source}; choose the restore chain",
+                started,
+                t0,
                 bytes=base.size,
                 target_folder=str(folder),
                 port=target.record.port,
                 phase=phase.value,
                 warnings=warnings[:20],
-                attempt=activity.info().attempt,
             )
             return io.Prepared(
                 target_root=str(target.root),
@@ -559,23 +573,20 @@ class TargetActivities:
             )
             sink.flush()
             seconds = time.monotonic() - t0
-            self._event(
+            self._step_event(
                 m.id,
-                "step",
+                "restore_base",
                 f"restored base backup {p.base_tar}: {result.files} files, {result.data_bytes} bytes "
                 f"in {seconds:.1f} s",
-                step="restore_base",
+                f"unpack {', '.join(p.base_archives)} into {target.data}; check sizes against "
+                "backup_manifest",
+                started,
+                t0,
                 skipped=result.skipped,
-                command=f"unpack {', '.join(p.base_archives)} into {target.data}; check sizes "
-                f"against backup_manifest",
-                started_at=started,
-                finished_at=_now(),
-                seconds=round(seconds, 3),
                 bytes=result.archive_bytes,
                 data_bytes=result.data_bytes,
                 files=result.files,
                 verified=result.verified,
-                attempt=activity.info().attempt,
             )
             return io.RestoreDone(
                 skipped=result.skipped,
@@ -630,18 +641,15 @@ class TargetActivities:
             def finished(how: str) -> None:
                 sink.flush()
                 last = sink.last.target_position if sink.last else None
-                self._event(
+                self._step_event(
                     m.id,
-                    "step",
+                    "replay",
                     f"replay {how}: from {format_lsn(first) if first is not None else '?'} to {last}",
-                    step="replay",
-                    command=f"standby replaying WAL from {m.source} (restore_command + prefetch spool)",
-                    started_at=started,
-                    finished_at=_now(),
-                    seconds=round(time.monotonic() - t0, 3),
+                    f"standby replaying WAL from {m.source} (restore_command + prefetch spool)",
+                    started,
+                    t0,
                     from_lsn=format_lsn(first) if first is not None else None,
                     to_lsn=last,
-                    attempt=attempt,
                 )
 
             with pgm.Replay(
@@ -736,22 +744,19 @@ class TargetActivities:
         )
         sink.flush()
         what = f"replay to {inp.final_lsn}" if inp.final_lsn else "replay to the end of the archive"
-        self._event(
+        self._step_event(
             m.id,
-            "step",
+            "cutover",
             f"cut over: promoted at {result.promoted_at_lsn}, writes verified; downtime "
             f"{result.downtime_seconds} s",
-            step="cutover",
-            command=f"{what}; pg_promote(); commit a test transaction",
-            started_at=started,
-            finished_at=_now(),
-            seconds=round(time.monotonic() - t0, 3),
+            f"{what}; pg_promote(); commit a test transaction",
+            started,
+            t0,
             bytes=result.replayed_bytes,
             downtime_seconds=result.downtime_seconds,
             promoted_at_lsn=result.promoted_at_lsn,
             replay_stop_seconds=round(stop_seconds, 3),
             final_lsn=result.final_lsn,
-            attempt=activity.info().attempt,
         )
         return result.to_json()
 
