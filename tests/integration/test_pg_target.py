@@ -491,6 +491,13 @@ def test_restore_command_quoting_and_fast_paths(tmp_path: Path) -> None:
     assert restore("000000010000000000000004") == 7 and len(called()) == 3
     (spool / ABSENT_DIR / OWNER_FILE).write_text("")  # nor an empty owner file
     assert restore("000000010000000000000004") == 7 and len(called()) == 4
+    # 6. A history file's marker holds out of standby mode too (promotion looks for the parent's and the
+    #    next timelines' histories after leaving it): "not found" without starting Ferry.
+    (spool / ABSENT_DIR / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    (data / "standby.signal").unlink()
+    (spool / ABSENT_DIR / "00000002.history").touch()
+    assert restore("00000002.history") == 1 and len(called()) == 4
+    assert restore("00000003.history") == 7 and len(called()) == 5  # no marker: the store answers
 
 
 def history(*lines: str) -> bytes:

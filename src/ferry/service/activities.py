@@ -231,6 +231,7 @@ class LocalReplays:
     class _Run:
         stop: threading.Event
         done: threading.Event
+        handed: pgm.Replay | None = None  # the Replay the cutover takes over, its prefetcher running
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -260,10 +261,22 @@ class LocalReplays:
                     del self._runs[migration_id]
             run.done.set()
 
+    def offer(self, migration_id: str, replay: pgm.Replay) -> bool:
+        """A replay stopped for the cutover offers its Replay to it; True if the cutover waits for it (the
+        caller then leaves the prefetcher running: Replay.hand_over)."""
+        with self._lock:
+            run = self._runs.get(migration_id)
+            if run is None or migration_id not in self._cutting or not run.stop.is_set():
+                return False
+            run.handed = replay
+            return True
+
     @contextlib.contextmanager
-    def cutting_over(self, migration_id: str, timeout: float = REPLAY_STOP_WAIT) -> Iterator[bool]:
+    def cutting_over(
+        self, migration_id: str, timeout: float = REPLAY_STOP_WAIT
+    ) -> Iterator[pgm.Replay | None]:
         """Stop the migration's replay (if this worker runs one) and keep new ones from starting while
-        the block runs. Yields whether a replay was stopped."""
+        the block runs. Yields the stopped replay's Replay when it handed it over, else None."""
         with self._lock:
             self._cutting.add(migration_id)
             run = self._runs.get(migration_id)
@@ -275,7 +288,7 @@ class LocalReplays:
                         f"the replay of {migration_id} did not stop within {timeout:.0f} s",
                         "the cutover is retried; if it keeps failing, look at the agent's log",
                     )
-            yield run is not None
+            yield run.handed if run is not None else None
         finally:
             with self._lock:
                 self._cutting.discard(migration_id)
@@ -631,8 +644,7 @@ class TargetActivities:
             started, t0 = _now(), time.monotonic()
             spec = self._spec(m)
             wal = self._wal(m, p)
-            start_status = pgm.start_recovery(target, wal.location, wait=5)
-            first = start_status.position
+            first: int | None = None
 
             def should_stop() -> CutoverRequest | None:
                 _check_cancel()
@@ -655,6 +667,7 @@ class TargetActivities:
             with pgm.Replay(
                 target, wal, reporter, prefetch_depth=spec.prefetch_depth, poll_interval=spec.poll_interval
             ) as rep:
+                first = rep.start(wait=5).position
                 try:
                     request = rep.follow(
                         should_stop,
@@ -671,6 +684,8 @@ class TargetActivities:
                     raise
                 self._remember_start(target.root, rep.started)
                 begun = rep.started
+                if stop.is_set() and self.replays.offer(m.id, rep):
+                    rep.hand_over()  # the cutover goes on with this spool and its absent markers
             if stop.is_set():
                 finished("stopped: the cutover takes over")
             else:
@@ -705,12 +720,18 @@ class TargetActivities:
         m = inp.step.migration
         with self._activity(m.id, "cutover"):
             started, t0 = _now(), time.monotonic()
-            with self.replays.cutting_over(m.id):
+            with self.replays.cutting_over(m.id) as handed:
                 stop_seconds = time.monotonic() - t0
                 self._enter(inp.step)  # after the replay stopped: its last status write comes before
-                return self._cut_over(inp, started, t0, stop_seconds)
+                try:
+                    return self._cut_over(inp, started, t0, stop_seconds, handed)
+                finally:
+                    if handed is not None:
+                        handed.prefetcher.stop()  # a no-op once the cutover's own `with` ended
 
-    def _cut_over(self, inp: io.CutoverInput, started: str, t0: float, stop_seconds: float) -> dict[str, Any]:
+    def _cut_over(
+        self, inp: io.CutoverInput, started: str, t0: float, stop_seconds: float, handed: pgm.Replay | None
+    ) -> dict[str, Any]:
         m = inp.step.migration
         target, p = self._open(inp.step)
         recorded = pgm.recorded_result(target.root)
@@ -741,6 +762,7 @@ class TargetActivities:
             restored=(inp.restored_bytes, inp.restore_seconds),
             replay_started=replay_started,
             check=lambda: activity.heartbeat("cutover"),
+            replay=handed,
         )
         sink.flush()
         what = f"replay to {inp.final_lsn}" if inp.final_lsn else "replay to the end of the archive"

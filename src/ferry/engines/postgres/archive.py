@@ -411,8 +411,9 @@ def restore_command(
 
     With a spool the common cases run no Python (which costs 100-300 ms per call, more than replaying a
     segment): `mv` from the spool, or "not found" from a fresh absent marker. A marker is trusted only
-    while the prefetcher that wrote it is alive (its pid in `.absent/.owner`) and only in standby mode: in
-    one-shot recovery (recovery.signal) "not found" ends recovery, so there only the store answers.
+    while the prefetcher that wrote it is alive (its pid in `.absent/.owner`), and for a segment only in
+    standby mode: in one-shot recovery (recovery.signal) "not found" ends recovery, so there only the store
+    answers. History files are answered from markers in any mode (promotion asks for them).
     `fetch_command` is Ferry's command line (default: the running Ferry); `wal-fetch` is appended.
     """
     base = list(fetch_command) if fetch_command is not None else [*ferry_command(), "wal-fetch"]
@@ -423,8 +424,12 @@ def restore_command(
     s = _guc_literal(str(spool))
     fetch += f" --spool {s}"
     absent = f"{s}/{ABSENT_DIR}"
+    # A history file's absence is safe to take from a marker in any mode (at promotion PostgreSQL looks
+    # for the parent's and the next timelines' histories after leaving standby mode); a segment's only in
+    # standby mode.
+    standby_or_history = "{ test -f standby.signal || case '%f' in *.history) true;; *) false;; esac; }"
     marker = (
-        f"test -f standby.signal && test -f {absent}/'%f' && "
+        f"{standby_or_history} && test -f {absent}/'%f' && "
         f'{{ read p < {absent}/{OWNER_FILE}; }} 2>/dev/null && test -d "/proc/${{p:-none}}" && exit 1'
     )
     return f"test -f {s}/'%f' && mv -f {s}/'%f' '%p' || {{ {marker}; exec {fetch}; }}"
@@ -594,6 +599,8 @@ class Prefetcher:
         self._chain = TimelineChain(timeline, ((timeline, 0),))
         self._rejected: set[int] = set()
         self._ancestry_known = False
+        self._rounds = 0  # rounds finished by the thread (prime waits for one)
+        self._round_done = threading.Condition()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -658,6 +665,20 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def prime(self, replay_lsn: int, timeout: float = 3.0) -> None:
+        """`advance`, then wait (up to `timeout`) for a round that saw the position and for its fetches: a
+        server started next finds its first segments in the spool and its absent markers written."""
+        with self._round_done:
+            rounds = self._rounds
+        self.advance(replay_lsn)
+        deadline = time.monotonic() + timeout
+        while self._thread is not None and time.monotonic() < deadline:
+            with self._round_done:
+                self._round_done.wait(0.02)
+                seen = self._rounds > rounds
+            if seen and all(f.done() for f in list(self._inflight.values())):
+                return
 
     def advance(self, replay_lsn: int) -> None:
         """The target's replay position (pg_last_wal_replay_lsn, or the backup's start before the server
@@ -769,6 +790,9 @@ class Prefetcher:
             # the next one wait twice as long, up to IDLE_POLL_SECONDS: each round asks the store about the
             # next segment, and hundreds of caught-up migrations must not hammer an S3 bucket. A new
             # replay position (advance) wakes the loop at once and starts over from poll_interval.
+            with self._round_done:
+                self._rounds += 1
+                self._round_done.notify_all()
             idle = not self._inflight and before == (self._replay, self._fetched)
             pause = min(max(pause * 2, self.poll_interval), IDLE_POLL_SECONDS) if idle else self.poll_interval
             if self._wake.wait(pause):
@@ -792,6 +816,8 @@ class Prefetcher:
         spool_files = self._drop_stale(current, chain)
         wanted: set[str] = set()
         absent: set[str] = {f"{no_history:08X}.history"}
+        if 1 in chain.timelines():
+            absent.add(f"{1:08X}.history")  # timeline 1 has no history: asked for at promotion
         missing: str | None = None
         for segno in range(current, current + self.depth):
             names = [

@@ -7,8 +7,9 @@ The steps are functions the foreground `ferry migrate` (`Migration.run`) and the
     plan = validate(spec)                          read the source's store, choose the chain (or raise)
     target = prepare_target(spec, plan)            the target folder: new, or the same migration's to resume
     restore_base(target, BaseBackupRef.of(plan))   unpack the base backup (skipped when already done)
-    start_recovery(target, spec.source)            configure recovery from the archive, start the server
     with Replay(target, WalSource.of(plan), reporter) as rep:
+        rep.start()                                prefetch from where recovery begins; configure recovery
+                                                   from the archive; start the server
         request = rep.follow(stop)                 replay WAL until `stop()` asks for the cutover
         outcome = rep.cut_over(request)            replay the rest, promote, check writes
     finish(target, ...)                            the MigrationResult, kept in the target folder
@@ -19,6 +20,7 @@ replay position), so running a step again after Ferry was killed, at any point, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -36,6 +38,7 @@ from ferry.engines.postgres import archive, chain
 from ferry.engines.postgres.cluster import free_port
 from ferry.engines.postgres.cutover import CutoverRequest, clear_cutover
 from ferry.engines.postgres.engine import PostgresEngine
+from ferry.engines.postgres.reader import parse_label
 from ferry.engines.postgres.target import (
     ExtractProgress,
     Phase,
@@ -298,6 +301,17 @@ def start_recovery(target: PostgresTarget, location: str, wait: float = 60) -> T
     return target.start(wait)
 
 
+def recovery_start(target: PostgresTarget) -> int | None:
+    """Where the stopped server's recovery will begin reading WAL: the restored backup_label's start, or
+    (a standby started before) pg_control's latest restartpoint."""
+    # Best effort: a label that cannot be read only costs the priming (the server reads it, not this).
+    with contextlib.suppress(Exception):
+        return parse_label((target.data / "backup_label").read_text()).start_lsn
+    with contextlib.suppress(FerryError):
+        return target.status().checkpoint_redo_lsn
+    return None
+
+
 class Replay:
     """A target in recovery and the prefetcher that feeds it: `follow` the archive, then `cut_over`.
 
@@ -322,16 +336,35 @@ class Replay:
         )
         self.started: tuple[float, int] | None = None
         self.last: TargetStatus | None = None
+        self._owned = True
         self._fetched_seen = 0
         self._position_seen: int | None = None
 
     def __enter__(self) -> Replay:
-        self.prefetcher.start()
+        self._owned = True
+        self.prefetcher.start()  # a no-op when it runs: a Replay handed over keeps its spool and markers
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip
-        self.prefetcher.stop()
+        if self._owned:
+            self.prefetcher.stop()
+
+    def hand_over(self) -> None:
+        """Leave the prefetcher running when the `with` block ends: whoever takes this Replay over (the
+        cutover) enters it again, keeping the spool and the absent markers the server relies on, and stops
+        it when done."""
+        self._owned = False
+
+    def start(self, wait: float = 60) -> TargetStatus:
+        """start_recovery, with the prefetcher told first where recovery will begin reading WAL: the
+        server's first restore_command calls then find their segments in the spool (a `mv`) instead of
+        starting `ferry wal-fetch`, a Python process each."""
+        if not self.target.cluster.is_running():
+            begin = recovery_start(self.target)
+            if begin is not None:
+                self.prefetcher.prime(begin)
+        return start_recovery(self.target, self.wal.location, wait)
 
     def follow(
         self,
@@ -521,9 +554,9 @@ def replay(
     """Start the target's recovery and replay until `should_stop()` returns a request (online), or the end
     of the archive is replayed (offline), or `until_lsn` is reached. Returns the request and where replay
     started (time.time(), LSN)."""
-    start_recovery(target, wal.location)
     with Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
                 poll_interval=spec.poll_interval) as rep:  # fmt: skip
+        rep.start()
         request = rep.follow(should_stop, until_settled=not spec.online and until_lsn is None,
                              until_lsn=until_lsn)  # fmt: skip
         return request, rep.started
@@ -539,16 +572,22 @@ def cut_over(
     restored: tuple[int, float] = (0, 0.0),
     replay_started: tuple[float, int] | None = None,
     check: Callable[[], None] | None = None,
+    replay: Replay | None = None,
 ) -> MigrationResult:
     """Replay the rest, promote, verify writes and record the result in the target folder. On a target
-    that is already promoted, the result recorded then is returned (nothing is done again)."""
+    that is already promoted, the result recorded then is returned (nothing is done again). `replay`: the
+    Replay that followed the archive until now, handed over (its prefetcher still running)."""
     recorded = recorded_result(target.root)
     if target.phase() is Phase.PROMOTED and recorded is not None:
+        if replay is not None:
+            replay.prefetcher.stop()
         return recorded
-    if target.phase() is not Phase.PROMOTED:
-        start_recovery(target, wal.location)
-    with Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
-                poll_interval=spec.poll_interval) as rep:  # fmt: skip
+    if replay is not None:
+        replay.reporter = reporter
+    with replay or Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
+                          poll_interval=spec.poll_interval) as rep:  # fmt: skip
+        if target.phase() is not Phase.PROMOTED:
+            rep.start()
         outcome = rep.cut_over(request, check)
         started = replay_started or rep.started
     return finish(target, restored=restored, replay_started=started, outcome=outcome)
@@ -640,13 +679,10 @@ class Migration:
             return finish(target)
         if target.phase() in (Phase.NEW, Phase.INTERRUPTED):
             self._restore_base(target, plan)
-        if target.phase() is Phase.RESTORED:
-            command = archive.restore_command(spec.source, target.spool)
-            target.configure(online=True, restore_command=command)
         self._emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
-        target.start()
         with Replay(target, WalSource.of(plan), self.reporter, prefetch_depth=spec.prefetch_depth,
                     poll_interval=spec.poll_interval) as rep:  # fmt: skip
+            rep.start()
             request = rep.follow(self.cutover, until_settled=not spec.online)
             outcome = rep.cut_over(request)
             started = rep.started
