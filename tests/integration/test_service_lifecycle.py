@@ -310,6 +310,9 @@ def test_cancel_stops_the_target_and_leaves_the_source_alone(served: Served, sce
     target = PostgresTarget.open(folder)
     assert not target.cluster.is_running(), "cancel stops the target server"
     assert target.data.is_dir() and (target.data / "standby.signal").exists(), "its folder stays as it was"
+    assert (folder / "ferry-canceled").exists(), "a late replay attempt may not start the server again"
+    time.sleep(2)
+    assert not target.cluster.is_running()
     after = sorted((p.relative_to(src.store), p.stat().st_size) for p in src.store.rglob("*") if p.is_file())
     assert after == before and count(src.cluster) == rows, "the source and its store are untouched"
     steps = [e for e in served.events(mid) if e["kind"] == "step" and e["data"].get("step") == "stop_target"]

@@ -62,6 +62,7 @@ from ferry.service.contracts import StateStore
 log = logging.getLogger(__name__)
 
 REPLAY_FILE = "ferry-replay.json"  # where replay was first seen: kept in the target folder for the result
+CANCELED_FILE = "ferry-canceled"  # written by stop_target: no replay attempt may start the server again
 STATUS_EVERY = 1.5  # seconds between status writes to the store while the status changes
 STATUS_IDLE_EVERY = 60.0  # an unchanged status is written again this often (its updated_at shows life)
 SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the store has every one at once)
@@ -236,7 +237,7 @@ class LocalReplays:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, LocalReplays._Run] = {}
-        self._cutting: set[str] = set()
+        self._taken: set[str] = set()
 
     @contextlib.contextmanager
     def run(self, migration_id: str) -> Iterator[threading.Event | None]:
@@ -244,7 +245,7 @@ class LocalReplays:
         replay must not start then: the cutover has its own)."""
         run = self._Run(threading.Event(), threading.Event())
         with self._lock:
-            blocked = migration_id in self._cutting
+            blocked = migration_id in self._taken
             if not blocked:
                 earlier = self._runs.get(migration_id)
                 if earlier is not None:
@@ -266,19 +267,20 @@ class LocalReplays:
         caller then leaves the prefetcher running: Replay.hand_over)."""
         with self._lock:
             run = self._runs.get(migration_id)
-            if run is None or migration_id not in self._cutting or not run.stop.is_set():
+            if run is None or migration_id not in self._taken or not run.stop.is_set():
                 return False
             run.handed = replay
             return True
 
     @contextlib.contextmanager
-    def cutting_over(
+    def taking_over(
         self, migration_id: str, timeout: float = REPLAY_STOP_WAIT
     ) -> Iterator[pgm.Replay | None]:
-        """Stop the migration's replay (if this worker runs one) and keep new ones from starting while
-        the block runs. Yields the stopped replay's Replay when it handed it over, else None."""
+        """For a step that takes the target over (the cutover; stop_target on cancel): stop the
+        migration's replay (if this worker runs one) and keep new ones from starting while the block runs.
+        Yields the stopped replay's Replay when it handed it over, else None."""
         with self._lock:
-            self._cutting.add(migration_id)
+            self._taken.add(migration_id)
             run = self._runs.get(migration_id)
         try:
             if run is not None:
@@ -291,7 +293,7 @@ class LocalReplays:
             yield run.handed if run is not None else None
         finally:
             with self._lock:
-                self._cutting.discard(migration_id)
+                self._taken.discard(migration_id)
 
 
 def _details(p: io.Prepared, restored: bool) -> dict[str, Any]:
@@ -617,12 +619,13 @@ class TargetActivities:
         with self._activity(m.id, "replay"), self.replays.run(m.id) as stop:
             target, p = self._open(inp)
             attempt = activity.info().attempt
-            if stop is None or target.phase() is Phase.PROMOTED:
-                # A retry that comes during or after the cutover: the cutover replays what is left.
+            if stop is None or target.phase() is Phase.PROMOTED or (target.root / CANCELED_FILE).exists():
+                # An attempt that comes during or after the cutover (which replays what is left) or the
+                # cancel (which stopped the server for good).
                 self._event(
                     m.id,
                     "info",
-                    "replay not started: the cutover has begun",
+                    "replay not started: the cutover or a cancel has taken the target over",
                     step="replay",
                     attempt=attempt,
                 )
@@ -687,7 +690,7 @@ class TargetActivities:
                 if stop.is_set() and self.replays.offer(m.id, rep):
                     rep.hand_over()  # the cutover goes on with this spool and its absent markers
             if stop.is_set():
-                finished("stopped: the cutover takes over")
+                finished("stopped: the cutover or a cancel took the target over")
             else:
                 finished("reached the end" if p.until_lsn is None else f"reached {format_lsn(p.until_lsn)}")
             return io.ReplayDone(
@@ -720,7 +723,7 @@ class TargetActivities:
         m = inp.step.migration
         with self._activity(m.id, "cutover"):
             started, t0 = _now(), time.monotonic()
-            with self.replays.cutting_over(m.id) as handed:
+            with self.replays.taking_over(m.id) as handed:
                 stop_seconds = time.monotonic() - t0
                 self._enter(inp.step)  # after the replay stopped: its last status write comes before
                 try:
@@ -801,10 +804,14 @@ class TargetActivities:
                 )
                 return "none"
             t0 = time.monotonic()
-            target = PostgresTarget.open(folder)
-            running = target.phase() not in (Phase.NEW, Phase.INTERRUPTED) and target.cluster.is_running()
-            if running:
-                target.stop("fast")
+            with self.replays.taking_over(m.id) as handed:  # a cancel does not wait for a heartbeat
+                if handed is not None:
+                    handed.prefetcher.stop()
+                (folder / CANCELED_FILE).write_text(f"{_now()}\n")
+                target = PostgresTarget.open(folder)
+                running = target.phase() not in (Phase.NEW, Phase.INTERRUPTED) and target.cluster.is_running()
+                if running:
+                    target.stop("fast")
             self._event(
                 m.id,
                 "step",

@@ -212,7 +212,10 @@ class MigrationWorkflow:
         if online:
             await workflow.wait_condition(lambda: replay.done() or self._cancel or self._cutover is not None)
             if self._cancel:
-                await self._step(replay)  # cancels it and raises _Canceled
+                # stop_target stops the replay on its agent at once (a cancel through Temporal reaches it
+                # only with its next heartbeat); this request ends the attempt Temporal holds.
+                replay.cancel()
+                raise _Canceled()
             request = self._cutover
             if request is None:  # replay ended by itself online: only an error does that
                 await replay
