@@ -67,7 +67,7 @@ from ferry.engines.postgres.source import (
     switch_wal,
     wait_archived,
 )
-from ferry.engines.postgres.target import PostgresTarget
+from ferry.engines.postgres.target import RETRY_INTERVAL, PostgresTarget
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, parse_segment_name
 
 BENCH = Path(__file__).resolve().parent
@@ -889,12 +889,14 @@ def measure_replay(env: Env, src: MainSource, runs: int, report: Report) -> None
         "Both restore the plain base backup (Ferry: Migration(MigrationSpec(store, target, online=True)), "
         "which unpacks it itself; reference: tar -x, standby.signal) and replay the archived WAL from the "
         "backup's start to the final pg_switch_wal() LSN. Timed from the server start (Ferry: its "
-        "RestoringLogs report, just before target.start(); reference: pg_ctl start) until "
+        "RestoringLogs report, before it primes its prefetcher and starts the server; reference: pg_ctl "
+        "start) until "
         "pg_last_wal_replay_lsn() reaches "
         f"that LSN, polled every {POLL_S * 1000:.0f} ms over one connection for both; then Ferry gets its "
         "cutover request. The unpacking before is not timed; os.sync() runs just before each start. The "
         f"reference runs with Ferry's own recovery settings ({len(settings)} keys copied from the "
-        "postgresql.auto.conf Ferry wrote: hot_standby, wal_retrieve_retry_interval=200ms, the limits from "
+        "postgresql.auto.conf Ferry wrote: hot_standby, "
+        f"wal_retrieve_retry_interval={RETRY_INTERVAL}, the limits from "
         "pg_control...) except restore_command = 'cp STORE/wal/%f %p'; both inherit the source's "
         "postgresql.conf (fsync=off, shared_buffers=256MB, max_wal_size=4GB). Ferry's restore_command "
         "moves a segment from its prefetch spool (`mv`) or, on a spool miss, runs `ferry wal-fetch`."

@@ -667,17 +667,20 @@ class Prefetcher:
         self.stop()
 
     def prime(self, replay_lsn: int, timeout: float = 3.0) -> None:
-        """`advance`, then wait (up to `timeout`) for a round that saw the position and for its fetches: a
-        server started next finds its first segments in the spool and its absent markers written."""
+        """`advance`, then wait (up to `timeout`) for a round that saw the position and for the fetch of
+        the segment that holds it (not the whole window): a server started next finds its first segment in
+        the spool and the absent markers written."""
         with self._round_done:
             rounds = self._rounds
         self.advance(replay_lsn)
+        first = replay_lsn // self.segment_size
         deadline = time.monotonic() + timeout
         while self._thread is not None and time.monotonic() < deadline:
             with self._round_done:
                 self._round_done.wait(0.02)
                 seen = self._rounds > rounds
-            if seen and all(f.done() for f in list(self._inflight.values())):
+            pending = [f for n, f in list(self._inflight.items()) if self._segno(n) == first]
+            if seen and all(f.done() for f in pending):
                 return
 
     def advance(self, replay_lsn: int) -> None:
