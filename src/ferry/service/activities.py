@@ -69,6 +69,7 @@ SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the sto
 # Seconds between heartbeats handed to the SDK, which sends at most one per 80% of the heartbeat timeout:
 # hundreds of idle online migrations must not flood Temporal (the cutover does not wait for a heartbeat).
 HEARTBEAT_EVERY = 2.0
+SCANS_AT_ONCE = 2  # validate steps reading a store at once, per worker
 REPLAY_STOP_WAIT = 120.0  # seconds the cutover waits for this worker's replay of the migration to stop
 BEHIND_GRACE = 10.0  # seconds behind before ReadyForCutover goes back to RestoringLogs (no flapping)
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
@@ -352,6 +353,10 @@ class TargetActivities:
         self.targets = dict(targets)
         self.notify = notify
         self.replays = LocalReplays()
+        # Reading a source's backups is CPU work in Python: two at a time use the cores as well as twenty,
+        # and twenty threads contending for the interpreter slow everything else in the process (the
+        # workflows of `ferry serve`, the other steps' heartbeats) more than it speeds up the scans.
+        self._scans = threading.BoundedSemaphore(SCANS_AT_ONCE)
         self._ports_lock = threading.Lock()
         self._reserved: set[int] = set()
 
@@ -468,7 +473,8 @@ class TargetActivities:
             started, t0 = _now(), time.monotonic()
             cfg = self._config(m.target)
             spec = self._spec(m)
-            plan = pgm.validate(spec)
+            with self._scans:
+                plan = pgm.validate(spec)
             walk = plan.chain.walk
             assert walk is not None
             until = self._until_lsn(m, plan)

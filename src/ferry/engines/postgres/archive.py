@@ -706,7 +706,9 @@ class Prefetcher:
                 fetch_seconds=self._fetch_seconds,
                 spool_files=len(files),
                 spool_bytes=size,
-                pending=self._pending,
+                # From the last listing, against the replay position now (not the one at the listing):
+                # a target that just replayed the last segment is seen caught up at once.
+                pending=counts.get("arrived", self._pending),
                 archive_end_lsn=self._archive_end,
                 missing_next=self._missing,
                 gap=self._missing is not None
