@@ -90,7 +90,7 @@ def main() -> int:
     rows: list[tuple[str, float, str, str]] = []
     try:
         if args.sources:
-            rows += asyncio.run(part_pg(root / "pg", args.sources, args.runs))
+            rows += asyncio.run(part_pg(root / "pg", args.sources, args.runs, args.keep))
         if args.noop:
             rows += noop_runs(root, args)
         summary(rows)
@@ -98,6 +98,13 @@ def main() -> int:
         cleanup(root, keep=args.keep)
     print(f"\ntotal run time {time.perf_counter() - wall0:.0f} s; {_load()}")
     return 0
+
+
+def forget(folder: Path, keep: bool) -> None:
+    """A finished run's folder (its servers stopped), removed at once unless --keep: otherwise the page
+    cache writes back its files (Temporal's SQLite, the targets' data directories) during the next runs."""
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def noop_runs(root: Path, args: argparse.Namespace) -> list[tuple[str, float, str, str]]:
@@ -113,6 +120,7 @@ def noop_runs(root: Path, args: argparse.Namespace) -> list[tuple[str, float, st
                 )
             )
         results.append(rows)
+        forget(root / f"noop{i + 1}", args.keep)
         if not last:
             print(f"  run {i + 1} of part 2: {args.noop} {args.noop_mode} migrations in {rows[0][1]:.1f} s")
     totals = [r[0][1] for r in results]
@@ -290,7 +298,7 @@ def make_source(folder: Path) -> tuple[Any, str]:
     return src, lsn
 
 
-async def part_pg(root: Path, n: int, runs: int) -> list[tuple[str, float, str, str]]:
+async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, float, str, str]]:
     from tests.integration.pgsource import require_postgres
 
     require_postgres()
@@ -307,6 +315,7 @@ async def part_pg(root: Path, n: int, runs: int) -> list[tuple[str, float, str, 
     results: list[dict[str, float]] = []
     for i in range(runs):
         run = await pg_run(root / f"run{i + 1}", made, verbose=i == runs - 1)
+        forget(root / f"run{i + 1}", keep)
         results.append(run)
         print(
             f"  run {i + 1}: overhead per DB median {run['overhead']:.2f} s; create -> all ReadyForCutover "
