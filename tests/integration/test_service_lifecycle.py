@@ -400,3 +400,47 @@ def test_serve_says_when_the_temporal_port_is_taken(root: Path) -> None:
                               capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"port {port}" in done.stderr and "already in use" in done.stderr and "hint:" in done.stderr
+
+
+def test_the_cli_drives_a_whole_online_migration(root: Path, served: Served) -> None:
+    """`ferry migrations create|list|show|cutover|events` against the running service, as a DBA uses them:
+    an online migration created, watched until ReadyForCutover, cut over with its final LSN, Succeeded."""
+    import json
+
+    src = make_source(root / "cli-src")
+    env = {**os.environ, "FERRY_API": f"http://127.0.0.1:{served.port}", "FERRY_TOKEN": served.token}
+
+    def ferry(*args: str) -> Any:
+        done = subprocess.run(
+            [*ferry_command(), "migrations", *args, "--json"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    try:
+        (created,) = ferry("create", str(src.store), "--target", "local", "--name", "cli-db")["migrations"]
+        mid = created["id"]
+        assert any(m["id"] == mid for m in ferry("list", "--target", "local")["migrations"])
+        deadline = time.monotonic() + 120
+        while (shown := ferry("show", mid)["migration"])["state"] != "ReadyForCutover":
+            assert shown["state"] not in ("Failed", "Canceled"), shown
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        assert shown["status"]["details"]["full_backup_restored"] is True
+        src.write(1000)  # the application's last writes, then the final switch
+        final = switch(src)
+        ferry("cutover", mid, "--final-lsn", final)
+        (record,) = served.wait([mid], {"Succeeded"}, timeout=120)
+        assert ferry("show", mid)["migration"]["state"] == "Succeeded"
+        events = ferry("events", mid)["events"]
+        assert [e["data"]["step"] for e in events if e["kind"] == "step"] == [
+            "validate",
+            "restore_base",
+            "replay",
+            "cutover",
+        ]
+        target = PostgresTarget.open(served.data / "targets" / mid)
+        assert count(target) == count(src.cluster) == ROWS + 1000
+        assert record["status"]["result"]["final_lsn"] == final
+    finally:
+        src.stop()
