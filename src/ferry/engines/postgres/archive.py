@@ -540,7 +540,8 @@ class PrefetchStats:
     spool_files: int
     spool_bytes: int
     pending: int
-    """Segments in the store beyond the replay position, on the followed timelines (from the last listing)."""
+    """Segments in the store beyond the replay position, on the restore path (the last listing's, against
+    the position now)."""
     archive_end_lsn: int | None
     """End of the newest segment in the store on the followed timelines: lag = this - replay LSN."""
     missing_next: str | None
@@ -613,7 +614,6 @@ class Prefetcher:
         self._fetched = self._bytes = self._errors = 0
         self._fetch_seconds = 0.0
         self._last_error: str | None = None
-        self._pending = 0
         self._archive_end: int | None = None
         self._missing: str | None = None
         self._start: int | None = None  # the lowest replay position seen: replay started there or before
@@ -708,7 +708,7 @@ class Prefetcher:
                 spool_bytes=size,
                 # From the last listing, against the replay position now (not the one at the listing):
                 # a target that just replayed the last segment is seen caught up at once.
-                pending=counts.get("arrived", self._pending),
+                pending=counts.get("arrived", 0),
                 archive_end_lsn=self._archive_end,
                 missing_next=self._missing,
                 gap=self._missing is not None
@@ -853,7 +853,7 @@ class Prefetcher:
         if self.absent_markers:
             self._mark_absent(absent)
         if new_missing or time.monotonic() - self._last_listing >= self.list_interval:
-            self._list(current)
+            self._list()
 
     def _drop_stale(self, current: int, chain: TimelineChain) -> set[str]:
         """Remove spool files replay is past or of timelines not followed; the names that remain."""
@@ -984,13 +984,12 @@ class Prefetcher:
         for name in names - have:
             _write_small(folder / name, "")
 
-    def _list(self, current: int) -> None:
-        """Pending segments and the archive's end on the followed timelines, and every segment's place on
-        the restore path (for `stats().files`), from one listing (less often than the planning stats: a
-        listing of a long archive is the expensive call on any store)."""
+    def _list(self) -> None:
+        """The archive's end on the followed timelines, and every segment's place on the restore path (for
+        `stats()`: its files, counts and pending segments), from one listing (less often than the planning
+        rounds: a listing of a long archive is the expensive call on any store)."""
         chain = self._chain
         timelines = chain.timelines()
-        ahead: set[int] = set()  # segment numbers: a switch segment exists on two timelines
         end: int | None = None
         segments: list[tuple[int, int, int]] = []  # (segno, timeline, size), every timeline
         partials: list[tuple[int, int, WalFileStatus]] = []
@@ -1012,15 +1011,12 @@ class Prefetcher:
             segments.append((parsed.segno, parsed.timeline, info.size))
             if parsed.timeline not in timelines:
                 continue
-            if parsed.segno > current:
-                ahead.add(parsed.segno)
             seg_end = parsed.end_lsn(self.segment_size)
             end = seg_end if end is None else max(end, seg_end)
-        pending = len(ahead)
         listing = self._index(segments, partials, chain, backups)
         self._last_listing = time.monotonic()
         with self._lock:
-            self._pending, self._archive_end, self._listing = pending, end, listing
+            self._archive_end, self._listing = end, listing
 
     def _index(
         self,
