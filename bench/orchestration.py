@@ -59,13 +59,12 @@ from ferry.core.migration import State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
 from ferry.service import workflow_io as io
-from ferry.service.activities import ControlActivities, TargetConfig
+from ferry.service.activities import TargetConfig
 from ferry.service.contracts import MigrationRequest
 from ferry.service.orchestrator import TemporalOrchestrator
-from ferry.service.serve import CONTROL_SLOTS, DEFAULT_CONCURRENCY
+from ferry.service.serve import CONTROL_SLOTS, DEFAULT_CONCURRENCY, control_worker
 from ferry.service.store import SqlStateStore
 from ferry.service.temporal_dev import DevServer
-from ferry.service.workflows import MigrationWorkflow
 
 BENCH = Path(__file__).resolve().parent
 DMS_SECONDS_PER_DB = 180.0  # Azure DMS: about 3 minutes per database (published figure, not measured here)
@@ -167,20 +166,6 @@ def parse_args() -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------
 # Shared: the Temporal dev server, the control worker, timing helpers.
-
-
-def control_worker(client: Client, store: SqlStateStore) -> Worker:
-    """The control worker exactly as `ferry serve` makes it (serve.Serve._control_worker)."""
-    ctl = ControlActivities(store)
-    return Worker(
-        client,
-        task_queue=io.CONTROL_QUEUE,
-        workflows=[MigrationWorkflow],
-        activities=[ctl.record_state, ctl.record_event],
-        activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
-        max_concurrent_activities=CONTROL_SLOTS,
-        max_concurrent_local_activities=CONTROL_SLOTS,
-    )
 
 
 class StoreMeter:

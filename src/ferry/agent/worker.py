@@ -134,7 +134,7 @@ async def run_agent(
     prepare_root(cfg)
     register(store, cfg)
     client = await connect(temporal, namespace)
-    stop = stop or _on_signals()
+    stop = stop or on_signals()
     async with running(target_workers(client, store, cfg)):
         log.info(
             "agent of target %s serving %s and %s",
@@ -147,7 +147,8 @@ async def run_agent(
         await stop.wait()
 
 
-def _on_signals() -> asyncio.Event:
+def on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (in the running loop): how `ferry agent` and `ferry serve` stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

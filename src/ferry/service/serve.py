@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import stat
 import sys
@@ -144,7 +143,7 @@ class Service:
         self.address: str | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        from ferry.agent.worker import prepare_root, register, running, target_workers
+        from ferry.agent.worker import on_signals, prepare_root, register, running, target_workers
         from ferry.service.api import create_app
         from ferry.service.auth import TokenVerifier, ensure_token, reset_token, save_token
         from ferry.service.orchestrator import TemporalOrchestrator
@@ -192,8 +191,8 @@ class Service:
                 dev = DevServer(opts.data, opts.temporal_port)
                 client = await dev.start()
                 self.address = dev.address
-            stop = stop or _on_signals()
-            workers = [self._control_worker(client, store)]
+            stop = stop or on_signals()
+            workers = [control_worker(client, store)]
             if opts.local_agent:
                 for cfg in opts.targets:
                     workers += target_workers(client, store, cfg)
@@ -227,21 +226,24 @@ class Service:
                 dev.stop()
             store.close()
 
-    def _control_worker(self, client: Any, store: Any) -> Any:
-        from temporalio.worker import Worker
 
-        from ferry.service.workflows import MigrationWorkflow
+def control_worker(client: Any, store: Any) -> Any:
+    """The worker of the control queue: the workflows, and the state records they run as local
+    activities (the benchmark builds its own from this too)."""
+    from temporalio.worker import Worker
 
-        ctl = ControlActivities(store)
-        return Worker(
-            client,
-            task_queue=io.CONTROL_QUEUE,
-            workflows=[MigrationWorkflow],
-            activities=[ctl.record_state, ctl.record_event],
-            activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
-            max_concurrent_activities=CONTROL_SLOTS,
-            max_concurrent_local_activities=CONTROL_SLOTS,
-        )
+    from ferry.service.workflows import MigrationWorkflow
+
+    ctl = ControlActivities(store)
+    return Worker(
+        client,
+        task_queue=io.CONTROL_QUEUE,
+        workflows=[MigrationWorkflow],
+        activities=[ctl.record_state, ctl.record_event],
+        activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
+        max_concurrent_activities=CONTROL_SLOTS,
+        max_concurrent_local_activities=CONTROL_SLOTS,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -262,14 +264,6 @@ async def _started(server: Any, serving: asyncio.Task[None]) -> None:
             serving.result()
             raise UsageError("the API server stopped at start", "see the messages above")
         await asyncio.sleep(0.05)
-
-
-def _on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 class _Server(uvicorn.Server):
