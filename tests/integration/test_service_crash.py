@@ -93,8 +93,8 @@ def _cut_over_and_check(served: Served, mid: str, src: PgSource, writer: RowWrit
     assert writer.committed > 100
     assert count(target, "orders") == writer.committed == count(src.cluster, "orders")
     assert count(target) == ROWS
-    assert len(_steps(served, mid, "restore_base")) == 1
-    assert len(_steps(served, mid, "cutover")) == 1
+    assert len(served.steps(mid, "restore_base")) == 1
+    assert len(served.steps(mid, "cutover")) == 1
     assert done["status"]["result"]["downtime_seconds"] < 60
 
 
@@ -167,7 +167,7 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
         second = agent(root / "agent-2.log")
         (done,) = served.wait([mid], {"Succeeded"}, timeout=240)
         events = served.events(mid)
-        restored = [e for e in events if e["kind"] == "step" and e["data"].get("step") == "restore_base"]
+        restored = served.steps(mid, "restore_base")
         assert len(restored) == 1 and not restored[0]["data"]["skipped"], [e["message"] for e in restored]
         assert restored[0]["data"]["attempt"] == 2
         assert any("interrupted" in e["message"] for e in events)
@@ -187,10 +187,6 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
         _stop(proc)
         stop_targets(targets)
         src.stop()
-
-
-def _steps(served: Served, mid: str, step: str) -> list[dict[str, object]]:
-    return [e for e in served.events(mid) if e["kind"] == "step" and e["data"].get("step") == step]
 
 
 def _wait_unpacking(served: Served, mid: str, timeout: float = 120) -> None:
@@ -226,11 +222,11 @@ def test_serve_killed_during_restore_restores_once(root: Path) -> None:
         proc, _, _, out = start_serve(data, *args, port=port, log=root / "serve-2.log")
         served.proc, served.out = proc, out
         (done,) = served.wait([mid], {"Succeeded"}, timeout=240)
-        restored = _steps(served, mid, "restore_base")
+        restored = served.steps(mid, "restore_base")
         assert len(restored) == 1, [e["message"] for e in restored]  # one unpack finished, not two
         assert restored[0]["data"]["attempt"] == 2  # type: ignore[index]
         assert any("interrupted" in e["message"] for e in served.events(mid))
-        assert len(_steps(served, mid, "cutover")) == 1
+        assert len(served.steps(mid, "cutover")) == 1
         print(f"Succeeded {time.monotonic() - killed_at:.1f} s after the kill")
         target = PostgresTarget.open(data / "targets" / mid)
         assert count(target, "big") == 1500000

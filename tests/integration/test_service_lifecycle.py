@@ -90,6 +90,14 @@ class Served:
         r.raise_for_status()
         return list(r.json()["events"])
 
+    def steps(self, migration_id: str, step: str | None = None) -> list[dict[str, Any]]:
+        """The migration's "step" events (of one step), oldest first."""
+        return [
+            e
+            for e in self.events(migration_id)
+            if e["kind"] == "step" and (step is None or e["data"].get("step") == step)
+        ]
+
     def create(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r = self.api.post("/api/v1/migrations", json={"migrations": items})
         assert r.status_code == 201, r.text
@@ -292,7 +300,7 @@ def test_offline_restores_and_promotes(served: Served, scenario: Scenario) -> No
     target.verify_writable()
     states = [e["data"]["to"] for e in served.events(mid) if e["kind"] == "state"]
     assert states == ["Queued", "Validating", "RestoringFull", "RestoringLogs", "CuttingOver", "Succeeded"]
-    steps = [e["data"]["step"] for e in served.events(mid) if e["kind"] == "step"]
+    steps = [e["data"]["step"] for e in served.steps(mid)]
     assert steps == ["validate", "restore_base", "replay", "cutover"]
     assert record["status"]["result"]["promoted_at_lsn"]
 
@@ -315,7 +323,7 @@ def test_cancel_stops_the_target_and_leaves_the_source_alone(served: Served, sce
     assert not target.cluster.is_running()
     after = sorted((p.relative_to(src.store), p.stat().st_size) for p in src.store.rglob("*") if p.is_file())
     assert after == before and count(src.cluster) == rows, "the source and its store are untouched"
-    steps = [e for e in served.events(mid) if e["kind"] == "step" and e["data"].get("step") == "stop_target"]
+    steps = served.steps(mid, "stop_target")
     assert steps and "stopped" in steps[0]["message"]
     r = served.api.post(f"/api/v1/migrations/{mid}/cancel")
     assert r.status_code == 409  # Canceled is final
@@ -351,7 +359,7 @@ def test_three_online_migrations_cut_over_in_bulk(served: Served, scenario: Scen
         states = [e["data"]["to"] for e in events if e["kind"] == "state"]
         assert states[:4] == ["Queued", "Validating", "RestoringFull", "RestoringLogs"]
         assert "ReadyForCutover" in states and states[-2:] == ["CuttingOver", "Succeeded"]
-        restores = [e for e in events if e["kind"] == "step" and e["data"].get("step") == "restore_base"]
+        restores = served.steps(record["id"], "restore_base")
         assert len(restores) == 1 and restores[0]["data"]["bytes"] > 0 and restores[0]["data"]["seconds"] >= 0
     print(f"created 3 in {scenario.created_seconds:.2f} s; all ready after {ready_after:.1f} s")
     if os.environ.get("FERRY_TEST_DUMP"):
