@@ -221,6 +221,16 @@ def _keepalive(every: float = 2.0) -> Iterator[None]:
         thread.join()
 
 
+class ReplayStillRunning(FerryError):
+    """The replay did not stop for the step that takes the target over: retried (not in PERMANENT)."""
+
+    def __init__(self, migration_id: str, timeout: float) -> None:
+        super().__init__(
+            f"the replay of {migration_id} did not stop within {timeout:.0f} s",
+            "the step is retried; if it keeps failing, look at the agent's log",
+        )
+
+
 class LocalReplays:
     """The replays this worker runs, by migration id.
 
@@ -287,10 +297,7 @@ class LocalReplays:
             if run is not None:
                 run.stop.set()
                 if not run.done.wait(timeout):
-                    raise TargetError(
-                        f"the replay of {migration_id} did not stop within {timeout:.0f} s",
-                        "the cutover is retried; if it keeps failing, look at the agent's log",
-                    )
+                    raise ReplayStillRunning(migration_id, timeout)
             yield run.handed if run is not None else None
         finally:
             with self._lock:
