@@ -1,5 +1,6 @@
-"""LocalReplays: how the cutover (or a cancel's stop_target) takes a target over from the replay running
-on the same agent, without waiting for Temporal to carry a cancel through a heartbeat."""
+"""The target activities' pieces that need no server: LocalReplays (how the cutover, or a cancel's
+stop_target, takes a target over from the replay running on the same agent, without waiting for Temporal
+to carry a cancel through a heartbeat) and the offline last backup's check."""
 
 from __future__ import annotations
 
@@ -79,3 +80,22 @@ def test_a_replay_that_does_not_stop_is_a_retryable_error() -> None:
     assert "mig-c" in caught.value.message and caught.value.hint
     err: Any = _as_application_error(caught.value)
     assert err.non_retryable is False
+
+
+def test_an_offline_last_backup_must_name_a_wal_segment() -> None:
+    """`last_backup` of a PostgreSQL migration: a WAL file name, replayed through its end; anything else
+    (a SQL Server log backup's name, say) is refused at validate, naming it, with a hint."""
+    from types import SimpleNamespace
+
+    from ferry.core.errors import UsageError
+    from ferry.service import workflow_io as io
+    from ferry.service.activities import TargetActivities
+
+    plan = cast(pgm.SourcePlan, SimpleNamespace(source=SimpleNamespace(segment_size=16 << 20)))
+    until = TargetActivities._until_lsn
+    last = io.MigrationInput("mig-d", "/b/pg", "t", "offline", "wal/000000010000000000000042")
+    assert until(last, plan) == 0x43 << 24  # the end of segment 0x42
+    assert until(io.MigrationInput("mig-d", "/b/pg", "t", "online", "x.trn"), plan) is None
+    with pytest.raises(UsageError) as caught:
+        until(io.MigrationInput("mig-d", "/b/pg", "t", "offline", "db1_LOG_0042.trn"), plan)
+    assert "'db1_LOG_0042.trn'" in caught.value.message and "WAL" in caught.value.hint
