@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages Ferry's PostgreSQL engine, its demo and its tests need: the PostgreSQL server binaries
-# (initdb, pg_ctl, pg_basebackup, pgbench) and an unprivileged `postgres` user to run them as.
+# (initdb, pg_ctl, pg_basebackup, pgbench), an unprivileged `postgres` user to run them as, and the lz4
+# and zstd tools the tests compress WAL with.
 # Installs what is missing when run as root on a Debian-like system; says what to install otherwise.
 set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The tests archive WAL the ways other tools do: compressed by the lz4 and zstd command-line tools.
+command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "ferry: installing ${missing[*]} (Debian packages)" >&2

@@ -255,6 +255,26 @@ def plan(
             raise typer.Exit(EXIT_FINDINGS)
 
 
+# The replay settings `migrate`, `serve` and `agent` share (see MigrationSpec).
+BlockedAfter = Annotated[
+    float,
+    typer.Option(
+        "--blocked-after",
+        help="Seconds replay may wait for a WAL file the store lacks before it is shown as blocked "
+        "(and an offline migration fails, naming the file).",
+        min=1.0,
+    ),
+]
+ReadyLag = Annotated[
+    int,
+    typer.Option(
+        "--ready-lag",
+        help="Once caught up, stay ReadyForCutover while the lag is within this many WAL segments.",
+        min=1,
+    ),
+]
+
+
 @app.command()
 def migrate(
     source: Annotated[str, typer.Argument(help="Store folder of one PostgreSQL source: base backup + WAL.")],
@@ -267,13 +287,23 @@ def migrate(
         str | None, typer.Option(help="OS user the target server runs as when Ferry runs as root.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Migrate a PostgreSQL source onto a new server from its backups; online until `ferry cutover`."""
     from ferry.cli.live import run_migration, target_path
     from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
 
     with _errors():
-        spec = MigrationSpec(source, target_path(to), online=online, port=port, os_user=os_user)
+        spec = MigrationSpec(
+            source,
+            target_path(to),
+            online=online,
+            port=port,
+            os_user=os_user,
+            blocked_after=blocked_after,
+            ready_lag_segments=ready_lag,
+        )
         try:
             result = run_migration(spec, err if as_json else out, f"migrating {source} to {spec.target}")
         except MigrationBlocked as exc:
@@ -377,9 +407,11 @@ def serve(
     save_token: Annotated[
         bool, typer.Option("--save-token", help="Keep a new token in ~/.config/ferry/token for the CLI.")
     ] = False,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
-    from ferry.service.activities import TargetConfig
+    from ferry.service.activities import ReplaySettings, TargetConfig
     from ferry.service.serve import ServeOptions, default_data, parse_target
     from ferry.service.serve import serve as run_service
 
@@ -400,6 +432,7 @@ def serve(
             reset_token=reset_token,
             save_token=save_token,
             os_user=os_user,
+            replay=ReplaySettings(blocked_after, ready_lag),
         )
         with suppress(KeyboardInterrupt):
             run_service(options)
@@ -421,19 +454,27 @@ def agent(
         str | None,
         typer.Option("--store", help="The service's state store: file path or postgresql://... URL."),
     ] = None,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
     import asyncio
     import logging
 
     from ferry.agent.worker import run_agent
-    from ferry.service.activities import TargetConfig
+    from ferry.service.activities import ReplaySettings, TargetConfig
     from ferry.service.store import SqlStateStore
 
     with _errors():
         if concurrency < 1:
             raise UsageError("--concurrency must be at least 1", "give the number of restores to run at once")
-        cfg = TargetConfig(target, Path(os.path.abspath(root)), concurrency, os_user)
+        cfg = TargetConfig(
+            target,
+            Path(os.path.abspath(root)),
+            concurrency,
+            os_user,
+            replay=ReplaySettings(blocked_after, ready_lag),
+        )
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         state = SqlStateStore(store)
         err.print(

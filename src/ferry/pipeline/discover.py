@@ -112,6 +112,9 @@ def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo)
         else:
             out.engine = engine.name
             out.sets = engine.read(reader)
+            if not out.sets:  # the engine looked deeper than the sniff could: not one of its files
+                out.engine = None
+                out.finding = _not_a_backup(info)
             if _changed(store, info, raw.size):
                 out.sets = ()
                 out.finding = _finding(

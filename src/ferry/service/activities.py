@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,11 +71,11 @@ SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the sto
 HEARTBEAT_EVERY = 2.0
 SCANS_AT_ONCE = 2  # validate steps reading a store at once, per worker
 REPLAY_STOP_WAIT = 120.0  # seconds the cutover waits for this worker's replay of the migration to stop
-BEHIND_GRACE = 10.0  # seconds behind before ReadyForCutover goes back to RestoringLogs (no flapping)
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
 
 PERMANENT: tuple[type[BaseException], ...] = (
     pgm.MigrationBlocked,
+    pgm.WalMissing,
     UsageError,
     TargetError,
     ArchiveEntryError,
@@ -93,6 +93,14 @@ class UnknownTarget(FerryError):
 
 
 @dataclass(frozen=True)
+class ReplaySettings:
+    """How a target's replays judge waiting and keeping up (see MigrationSpec)."""
+
+    blocked_after: float = pgm.BLOCKED_AFTER_SECONDS
+    ready_lag_segments: int = pgm.READY_LAG_SEGMENTS
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """A target this worker serves: migrations go to ROOT/<migration id>, at most `concurrency` restores
     at once; servers run as `os_user` when Ferry runs as root."""
@@ -102,6 +110,7 @@ class TargetConfig:
     concurrency: int = 4
     os_user: str | None = None
     host: str | None = None
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     def folder(self, migration_id: str) -> Path:
         return self.root / migration_id
@@ -124,8 +133,7 @@ def _as_application_error(exc: BaseException) -> BaseException:
 
 class _Progress:
     """A StatusReporter sink: heartbeats, status writes to the store (throttled) and, while replaying, the
-    RestoringLogs / ReadyForCutover flips (with a grace period before falling back, so a segment that
-    arrives and is replayed within seconds does not flap the state)."""
+    RestoringLogs / ReadyForCutover flips (the replay decides them: it stays ready while it keeps up)."""
 
     def __init__(
         self,
@@ -141,7 +149,6 @@ class _Progress:
         self.recorded = state
         self.flips = flips
         self.notify = notify
-        self.behind_since: float | None = None
         self.last_write = self.last_beat = 0.0
         self.last_signal = -1e9
         self.unsent: io.ProgressSignal | None = None
@@ -155,15 +162,13 @@ class _Progress:
             activity.heartbeat(status.target_position or status.bytes_done)
             self.last_beat = now
         flip: State | None = None
-        if self.flips:
-            if status.state is self.recorded:
-                self.behind_since = None
-            elif status.state is State.READY_FOR_CUTOVER and self.recorded is State.RESTORING_LOGS:
-                flip = State.READY_FOR_CUTOVER
-            elif status.state is State.RESTORING_LOGS and self.recorded is State.READY_FOR_CUTOVER:
-                self.behind_since = self.behind_since or now
-                if now - self.behind_since >= BEHIND_GRACE:
-                    flip = State.RESTORING_LOGS
+        replaying = (State.RESTORING_LOGS, State.READY_FOR_CUTOVER)
+        if (
+            self.flips
+            and status.state is not self.recorded
+            and {status.state, self.recorded} <= set(replaying)
+        ):
+            flip = status.state
         data = status.to_json()
         data["state"] = (flip or self.recorded).value
         try:
@@ -172,7 +177,7 @@ class _Progress:
                     self.store.set_state(self.migration_id, flip, status=data)
                 except InvalidTransition:
                     return  # the workflow moved the migration on (cutover, cancel): its word stands
-                self.recorded, self.behind_since, self.last_write = flip, None, now
+                self.recorded, self.last_write = flip, now
                 self.written = data
                 # The workflow keeps what it is told in its history: the status without the file lists.
                 self.unsent = io.ProgressSignal(flip.value, {k: v for k, v in data.items() if k != "details"})
@@ -384,6 +389,8 @@ class TargetActivities:
             port=port,
             os_user=cfg.os_user,
             poll_interval=REPLAY_POLL,
+            blocked_after=cfg.replay.blocked_after,
+            ready_lag_segments=cfg.replay.ready_lag_segments,
         )
 
     def _allocate_port(self, cfg: TargetConfig) -> int:
@@ -468,7 +475,7 @@ class TargetActivities:
 
     @staticmethod
     def _wal(m: io.MigrationInput, p: io.Prepared) -> pgm.WalSource:
-        return pgm.WalSource(m.source, p.timeline, p.segment_size)
+        return pgm.WalSource(m.source, p.timeline, p.segment_size, p.archive_end_lsn)
 
     # -- validate -------------------------------------------------------------------------------
 
@@ -680,9 +687,7 @@ class TargetActivities:
                     to_lsn=last,
                 )
 
-            with pgm.Replay(
-                target, wal, reporter, prefetch_depth=spec.prefetch_depth, poll_interval=spec.poll_interval
-            ) as rep:
+            with pgm.Replay.of(spec, target, wal, reporter) as rep:
                 first = rep.start(wait=5).position
                 try:
                     request = rep.follow(

@@ -33,7 +33,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import uvicorn
 
 from ferry.core.errors import UsageError
 from ferry.service import workflow_io as io
-from ferry.service.activities import ControlActivities, TargetConfig
+from ferry.service.activities import ControlActivities, ReplaySettings, TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class ServeOptions:
     reset_token: bool = False
     save_token: bool = False
     os_user: str | None = None  # of the default target (DATA/targets) when no --target is given
+    replay: ReplaySettings = field(default_factory=ReplaySettings)  # of every target served here
 
 
 def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetConfig | str:
@@ -161,6 +162,7 @@ class Service:
                     socket.gethostname(),
                 )
             ]
+        opts.targets = [replace(t, replay=opts.replay) for t in opts.targets]
         _check_port_free(opts.host, opts.port)
         prepare_data(opts)
         if opts.local_agent:

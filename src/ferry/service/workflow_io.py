@@ -45,6 +45,7 @@ ENTRY_PHASES = {"Validating": "reading the source's backups", "CuttingOver": "cu
 # Error types raised by activities that no retry can fix (ApplicationError.type).
 NON_RETRYABLE = (
     "MigrationBlocked",
+    "WalMissing",
     "UsageError",
     "TargetError",
     "ArchiveEntryError",
