@@ -18,6 +18,7 @@ MESSAGES: dict[int, tuple[int, str]] = {
     105: (15, "Unclosed quotation mark after the character string '%.*ls'."),
     137: (15, 'Must declare the scalar variable "%.*ls".'),
     195: (15, "'%.*ls' is not a recognized built-in function name."),
+    209: (16, "Ambiguous column name '%.*ls'."),
     207: (16, "Invalid column name '%.*ls'."),
     208: (16, "Invalid object name '%.*ls'."),
     241: (16, "Conversion failed when converting date and/or time from character string."),

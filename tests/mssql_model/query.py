@@ -12,12 +12,23 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.sqlite import SQLite
 
 from tests.mssql_model import views
 from tests.mssql_model.catalog import Database
 from tests.mssql_model.errors import Message, SqlError, fail, message
 from tests.mssql_model.instance import Instance, Session
 from tests.mssql_model.tokens import BIGINT, FLOAT, INT, NVARCHAR, NVARCHAR_LONG, VARBINARY, ColType
+
+
+
+class _StrictSQLite(SQLite):
+    """SQLite with `backquoted` identifiers: a "double-quoted" name that matches no column would be read
+    by SQLite as a string, hiding the 207 a driver author must see."""
+
+    class Tokenizer(SQLite.Tokenizer):
+        IDENTIFIERS = ["`"]
+
 
 Result = tuple[list[tuple[str, ColType]], list[tuple[Any, ...]]]
 
@@ -129,6 +140,7 @@ def _functions(instance: Instance, session: Session) -> dict[str, tuple[int, Cal
         "DB_NAME": (-1, db_name),
         "SUSER_SNAME": (-1, lambda *_: session.login.name),
         "SUSER_NAME": (-1, lambda *_: session.login.name),
+        "CURRENT_USER": (-1, lambda *_: session.login.name),  # sqlglot's spelling of SUSER_SNAME()
         "ORIGINAL_LOGIN": (0, lambda: session.login.name),
         "USER_NAME": (-1, lambda *_: "dbo"),
         "IS_SRVROLEMEMBER": (-1, role_member),
@@ -282,7 +294,7 @@ def run_select(instance: Instance, session: Session, text: str) -> Result:
     if not isinstance(tree, exp.Select | exp.Union | exp.Except | exp.Intersect):
         raise fail(102, text.split()[0])
     aliases = _rewrite(tree, instance, session)
-    sql = tree.sql("sqlite")
+    sql = tree.sql(_StrictSQLite, identify=True)
     db = sqlite3.connect(":memory:")
     try:
         for fname, (nargs, func) in _functions(instance, session).items():
@@ -333,6 +345,8 @@ def _translate(error: str) -> SqlError:
     lowered = error.lower()
     if lowered.startswith("no such column:"):
         return fail(207, error.split(":", 1)[1].strip().split(".")[-1])
+    if lowered.startswith("ambiguous column name:"):
+        return fail(209, error.split(":", 1)[1].strip().split(".")[-1])
     if lowered.startswith("no such function:"):
         return fail(195, error.split(":", 1)[1].strip())
     if "wrong number of arguments" in lowered:
