@@ -17,6 +17,7 @@ MESSAGES: dict[int, tuple[int, str]] = {
     113: (15, "Missing end comment mark '*/'."),
     105: (15, "Unclosed quotation mark after the character string '%.*ls'."),
     137: (15, 'Must declare the scalar variable "%.*ls".'),
+    174: (15, "The %.*ls function requires %d argument(s)."),
     195: (15, "'%.*ls' is not a recognized built-in function name."),
     209: (16, "Ambiguous column name '%.*ls'."),
     207: (16, "Invalid column name '%.*ls'."),

@@ -225,6 +225,19 @@ def _rewrite(tree: exp.Expression, instance: Instance, session: Session) -> dict
             join.replace(exp.Join(this=table, on=on, side=kind))
             aliases[alias.lower()] = "sys_dm_os_volume_stats"
     for table in list(tree.find_all(exp.Table)):
+        call = table.this
+        if isinstance(call, exp.Anonymous) and call.name.lower() == "dm_os_volume_stats":
+            if len(call.expressions) != 2:
+                raise fail(174, "dm_os_volume_stats", 2)
+            alias = table.alias or "dm_os_volume_stats"
+            where = exp.and_(
+                exp.EQ(this=exp.column("database_id"), expression=call.expressions[0].copy()),
+                exp.EQ(this=exp.column("file_id"), expression=call.expressions[1].copy()),
+            )
+            inner = exp.select("*").from_("sys_dm_os_volume_stats").where(where)
+            table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+            aliases[alias.lower()] = "sys_dm_os_volume_stats"
+            continue
         if table.name.lower() == "sys_dm_os_volume_stats":
             continue
         if not table.name:

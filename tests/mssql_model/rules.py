@@ -549,7 +549,9 @@ def _file_targets(
     problems: list[Message] = []
     claimed: dict[str, tuple[DatabaseFile, str]] = {}
     for file in backup.files:
-        path = moves.get(file.logical_name.lower(), file.physical_name)
+        # Over an existing database, a file without MOVE keeps that database's current location.
+        default = _current_path(db, file) if db is not None else file.physical_name
+        path = moves.get(file.logical_name.lower(), default)
         targets.append((file, path))
         try:
             key, host = fs.key(path), fs.host(path)
