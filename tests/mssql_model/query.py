@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlglot
 from sqlglot import exp
@@ -21,13 +21,12 @@ from tests.mssql_model.instance import Instance, Session
 from tests.mssql_model.tokens import BIGINT, FLOAT, INT, NVARCHAR, NVARCHAR_LONG, VARBINARY, ColType
 
 
-
 class _StrictSQLite(SQLite):
     """SQLite with `backquoted` identifiers: a "double-quoted" name that matches no column would be read
     by SQLite as a string, hiding the 207 a driver author must see."""
 
     class Tokenizer(SQLite.Tokenizer):
-        IDENTIFIERS = ["`"]
+        IDENTIFIERS: ClassVar[list[str | tuple[str, str]]] = ["`"]
 
 
 Result = tuple[list[tuple[str, ColType]], list[tuple[Any, ...]]]

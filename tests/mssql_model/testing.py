@@ -53,9 +53,8 @@ def connect(server: ModelServer | int, user: str = "sa", **options: Any) -> Any:
     port = server if isinstance(server, int) else server.port
     settings: dict[str, Any] = {"autocommit": True, "login_timeout": 10, "timeout": 60}
     settings.update(options)
-    return pymssql.connect(
-        server="127.0.0.1", port=port, user=user, password=PASSWORDS.get(user, "?"), **settings
-    )
+    opener: Any = pymssql.connect  # its overloads want literal keyword types
+    return opener(server="127.0.0.1", port=port, user=user, password=PASSWORDS.get(user, "?"), **settings)
 
 
 def moves(logical_data: str, logical_log: str, stem: str) -> str:

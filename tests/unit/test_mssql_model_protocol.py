@@ -101,7 +101,10 @@ def test_print_messages_arrive_through_the_message_handler(model: ModelServer) -
 def test_restore_inside_a_transaction_is_refused(model: ModelServer) -> None:
     with connect(model, autocommit=False) as conn:
         cur = conn.cursor()
-        assert fails(cur, "RESTORE DATABASE [x] FROM DISK = N'/backups/RestoreTimeClean/RestoreTimeClean.bak'") == 3021
+        assert (
+            fails(cur, "RESTORE DATABASE [x] FROM DISK = N'/backups/RestoreTimeClean/RestoreTimeClean.bak'")
+            == 3021
+        )
 
 
 def test_waitfor_can_be_cancelled_by_closing_the_connection(model: ModelServer) -> None:

@@ -82,11 +82,10 @@ def test_forks_inherited_and_mismatched(model: ModelServer) -> None:
             cur, "RESTORE LOG [RTC] FROM DISK = N'/backups/restoretimeclean2016/RestoreTimeClean_1.trn'"
         )
         assert error == 4305
-    from tests.mssql_model.rules import fork_at
-    from tests.mssql_model.testing import corpus_root
-
     from ferry.engines.sqlserver.reader import read_backup_sets
     from tests.mssql_model.media import _FileReader
+    from tests.mssql_model.rules import fork_at
+    from tests.mssql_model.testing import corpus_root
 
     root = corpus_root()
     assert root is not None
