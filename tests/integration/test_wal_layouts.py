@@ -16,8 +16,9 @@ import pytest
 
 from ferry.core.migration import MigrationStatus, State
 from ferry.engines.postgres.cutover import CutoverRequest
-from ferry.engines.postgres.migration import Migration, MigrationSpec, WalMissing
+from ferry.engines.postgres.migration import MigrationSpec, WalMissing
 from ferry.engines.postgres.target import PostgresTarget
+from ferry.pipeline.migrate import Migration
 from tests.integration.pgsource import PgSource, make_root, require_postgres, start_source
 
 # (name, folder under the store, archive_command with {dir} for that folder, what it appends to %f)

@@ -411,7 +411,8 @@ def serve(
     ready_lag: ReadyLag = 2,
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
-    from ferry.service.activities import ReplaySettings, TargetConfig
+    from ferry.engines.base import ReplaySettings
+    from ferry.service.activities import TargetConfig
     from ferry.service.serve import ServeOptions, default_data, parse_target
     from ferry.service.serve import serve as run_service
 
@@ -462,7 +463,8 @@ def agent(
     import logging
 
     from ferry.agent.worker import run_agent
-    from ferry.service.activities import ReplaySettings, TargetConfig
+    from ferry.engines.base import ReplaySettings
+    from ferry.service.activities import TargetConfig
     from ferry.service.store import SqlStateStore
 
     with _errors():

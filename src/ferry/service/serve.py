@@ -40,8 +40,9 @@ from typing import Any
 import uvicorn
 
 from ferry.core.errors import UsageError
+from ferry.engines.base import ReplaySettings
 from ferry.service import workflow_io as io
-from ferry.service.activities import ControlActivities, ReplaySettings, TargetConfig
+from ferry.service.activities import ControlActivities, TargetConfig
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,8 @@ class StoreError(FerryError):
 
 
 class UnknownMigration(FerryError, LookupError):
+    retryable = False
+
     def __init__(self, migration_id: str) -> None:
         super().__init__(f"no migration '{migration_id}'", "list the migrations with `ferry migrations list`")
         self.migration_id = migration_id

@@ -26,21 +26,21 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ferry.core.errors import FerryError, UsageError
 from ferry.core.findings import Finding, Severity
-from ferry.core.migration import MigrationStatus, State, transition
+from ferry.core.migration import State, StatusReporter
+from ferry.engines.base import MigrationJob, ReplaySettings, SourceFiles, TargetSpec
 from ferry.engines.postgres import archive, chain
 from ferry.engines.postgres.cluster import free_port
 from ferry.engines.postgres.cutover import CutoverRequest, clear_cutover
-from ferry.engines.postgres.engine import PostgresEngine
+from ferry.engines.postgres.engine import ENGINE
 from ferry.engines.postgres.reader import parse_label
 from ferry.engines.postgres.target import (
-    ExtractProgress,
     Phase,
     PostgresTarget,
     ProgressCallback,
@@ -49,7 +49,6 @@ from ferry.engines.postgres.target import (
     Verify,
 )
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn
-from ferry.pipeline.discover import scan
 from ferry.stores.base import BackupStore
 from ferry.stores.registry import open_location
 
@@ -69,21 +68,10 @@ BLOCKED_AFTER_SECONDS = 60.0
 READY_LAG_SEGMENTS = 2
 
 
-# What a status stops showing once the migration succeeded: there is nothing left to replay.
-AFTER_CUTOVER: dict[str, Any] = {
-    "lag_bytes": None,
-    "lag_seconds": None,
-    "pending_files": 0,
-    "pending_bytes": 0,
-    "blocked_reason": None,
-    "cutover_estimate_seconds": None,
-    "throughput": None,
-    "current_file": None,
-}
-
-
 class WalMissing(FerryError):
     """An offline migration stopped short of the end of its plan: the store lacks the next WAL file."""
+
+    retryable = False
 
     def __init__(self, location: str, name: str, position: int, plan_end: int, waited: float) -> None:
         super().__init__(
@@ -97,6 +85,8 @@ class WalMissing(FerryError):
 
 class MigrationBlocked(FerryError):
     """The source's backups cannot be restored as they are: the findings say why."""
+
+    retryable = False
 
     def __init__(self, source: str, findings: list[Finding]) -> None:
         errors = [f for f in findings if f.severity is Severity.ERROR]
@@ -118,6 +108,32 @@ class MigrationSpec:
     poll_interval: float = 0.25
     blocked_after: float = BLOCKED_AFTER_SECONDS
     ready_lag_segments: int = READY_LAG_SEGMENTS
+
+    def job(self) -> MigrationJob:
+        """The migration as the execution seam runs it: the target folder is `location/id`."""
+        folder = Path(os.path.abspath(self.target))
+        return MigrationJob(
+            id=folder.name,
+            source=self.source,
+            target=TargetSpec("local", ENGINE, str(folder.parent), self.os_user),
+            online=self.online,
+            replay=ReplaySettings(self.blocked_after, self.ready_lag_segments, self.poll_interval),
+            port=self.port,
+        )
+
+    @staticmethod
+    def of(job: MigrationJob, prefetch_depth: int = 32) -> MigrationSpec:
+        return MigrationSpec(
+            job.source,
+            Path(job.target.location) / job.id,
+            online=job.online,
+            port=job.port,
+            os_user=job.target.os_user,
+            prefetch_depth=prefetch_depth,
+            poll_interval=job.replay.poll_interval,
+            blocked_after=job.replay.blocked_after,
+            ready_lag_segments=job.replay.ready_lag,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,11 +164,12 @@ class SourcePlan:
     location: str = ""
 
 
-def plan_source(location: str) -> SourcePlan:
-    """Read the source's store and choose its chain. Raises MigrationBlocked on error findings."""
+def plan_files(files: SourceFiles) -> SourcePlan:
+    """Choose the chain of the one source whose files a scan of `files.location` read. Raises
+    MigrationBlocked on error findings, UsageError when the location holds no source or several."""
+    location = files.location
     store, prefix = open_location(location)
-    result = scan(store, [PostgresEngine()], prefix)
-    sources, grouping = chain.group_sources(result.sets_for("postgres"))
+    sources, grouping = chain.group_sources(files.sets)
     if not sources:
         raise UsageError(
             f"no PostgreSQL base backup or WAL found in '{location}'",
@@ -166,7 +183,7 @@ def plan_source(location: str) -> SourcePlan:
         )
     src = sources[0]
     selected = chain.select_chain(src)
-    findings = (*result.findings, *grouping, *src.findings, *selected.findings)
+    findings = (*files.findings, *grouping, *src.findings, *selected.findings)
     if (
         selected.walk is None
         or not selected.walk.consistent
@@ -229,26 +246,6 @@ class CutoverOutcome:
     promoted_at: int | None
 
 
-class StatusReporter:
-    """The latest MigrationStatus of one migration: moves its state along core.migration.TRANSITIONS and
-    hands every change to `sink` (the terminal view, or the service's store and heartbeats)."""
-
-    def __init__(self, sink: Callable[[MigrationStatus], None], state: State = State.QUEUED,
-                 phase: str = "queued", details: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.sink = sink
-        self.status = MigrationStatus(state, phase, details=dict(details or {}))
-
-    @property
-    def state(self) -> State:
-        return self.status.state
-
-    def emit(self, state: State | None = None, **changes: Any) -> MigrationStatus:
-        new = transition(self.status.state, state) if state is not None else self.status.state
-        self.status = replace(self.status, state=new, **changes)
-        self.sink(self.status)
-        return self.status
-
-
 class _Rate:
     """Bytes per second over a sliding window, for throughput and the cutover estimate."""
 
@@ -271,12 +268,6 @@ class _Rate:
 
 
 # -- the steps -------------------------------------------------------------------------------------
-
-
-def validate(spec: MigrationSpec) -> SourcePlan:
-    """Read the source's store and choose the chain; MigrationBlocked or UsageError when it cannot be
-    restored as it is. Touches no target."""
-    return plan_source(spec.source)
 
 
 def prepare_target(spec: MigrationSpec, plan: SourcePlan) -> PostgresTarget:
@@ -744,75 +735,6 @@ def finish(
     os.replace(tmp, path)
     clear_cutover(target.root)
     return result
-
-
-# -- the foreground migration ------------------------------------------------------------------------
-
-
-class Migration:
-    """One source to one target, in the foreground. `report` receives every status change; `cutover` is
-    polled and returns a request once one was made (see cutover.py)."""
-
-    def __init__(
-        self,
-        spec: MigrationSpec,
-        report: Callable[[MigrationStatus], None],
-        cutover: Callable[[], CutoverRequest | None],
-    ) -> None:
-        self.spec = spec
-        self.report = report
-        self.cutover = cutover
-        self.reporter = StatusReporter(report)
-        self._restored = (0, 0.0)
-
-    @property
-    def state(self) -> State:
-        return self.reporter.state
-
-    @property
-    def status(self) -> MigrationStatus:
-        return self.reporter.status
-
-    def _emit(self, state: State | None = None, **changes: Any) -> None:
-        self.reporter.emit(state, **changes)
-
-    def run(self) -> MigrationResult:
-        spec = self.spec
-        self._emit(State.VALIDATING, phase="reading the source's backups")
-        plan = validate(spec)
-        target = prepare_target(spec, plan)
-        if target.phase() is Phase.PROMOTED:
-            return finish(target)
-        if target.phase() in (Phase.NEW, Phase.INTERRUPTED):
-            self._restore_base(target, plan)
-        self._emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
-        with Replay.of(spec, target, WalSource.of(plan), self.reporter) as rep:
-            rep.start()
-            request = rep.follow(self.cutover, until_settled=not spec.online)
-            outcome = rep.cut_over(request)
-            started = rep.started
-        result = finish(target, restored=self._restored, replay_started=started, outcome=outcome)
-        self._emit(State.SUCCEEDED, phase="done", **AFTER_CUTOVER)
-        return result
-
-    def _restore_base(self, target: PostgresTarget, plan: SourcePlan) -> None:
-        base = BaseBackupRef.of(plan)
-        rate = _Rate(5.0)
-        self._emit(State.RESTORING_FULL, phase="unpacking the base backup", bytes_total=base.size)
-
-        def progress(p: ExtractProgress) -> None:
-            rate.add(p.archive_bytes_done)
-            self._emit(
-                bytes_done=p.archive_bytes_done,
-                bytes_total=p.archive_bytes_total,
-                throughput=rate.per_second,
-                current_file=p.current,
-            )
-
-        started = time.monotonic()
-        result = restore_base(target, base, progress)
-        self._restored = (result.archive_bytes, time.monotonic() - started)
-        self._emit(last_file=base.tar, current_file=None, bytes_done=result.archive_bytes)
 
 
 def _close_source_segment(dsn: str) -> int:

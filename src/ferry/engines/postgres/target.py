@@ -70,9 +70,13 @@ TarInput = Path | str | RangeReader
 class TargetError(FerryError):
     """The target folder cannot be used as asked: not ours, another migration's, or in the wrong state."""
 
+    retryable = False
+
 
 class ArchiveEntryError(FerryError):
     """A base backup archive holds an entry Ferry refuses to unpack, or is damaged."""
+
+    retryable = False
 
     def __init__(self, archive: str, entry: str, reason: str, hint: str = "") -> None:
         super().__init__(
@@ -88,6 +92,8 @@ class ArchiveEntryError(FerryError):
 
 class ManifestMismatch(FerryError):
     """The unpacked files differ from the backup's manifest."""
+
+    retryable = False
 
     hint = "the backup may be incomplete or damaged; take a new base backup (nothing was started)"
 
