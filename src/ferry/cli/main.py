@@ -6,9 +6,7 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -47,9 +45,7 @@ err = Console(stderr=True)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-    if exc.hint:
-        err.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+    render.error(err, exc.message, exc.hint)
     return typer.Exit(code)
 
 
@@ -65,13 +61,8 @@ def _errors() -> Iterator[None]:
     except FerryError as exc:
         raise _fail(exc, EXIT_FINDINGS) from None
     except Exception as exc:
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        err.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
+        render.internal_error(err, exc)
         raise typer.Exit(EXIT_INTERNAL) from None
-
-
-def _emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextmanager
@@ -148,9 +139,9 @@ def inspect(
                 row["path"] = str(path)
                 rows.append(row)
         if as_json:
-            _emit_json(rows)
+            render.emit_json(rows)
         else:
-            _render_inspect(rows)
+            render.inspect(out, rows)
         if failed:
             raise typer.Exit(EXIT_INPUT)
 
@@ -163,37 +154,6 @@ def _inspect_row(s: object) -> dict[str, Any]:
     return row
 
 
-def _render_inspect(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    keys = (
-        "DatabaseName", "ServerName", "MachineName", "BackupTypeDescription", "Position", "FirstLSN",
-        "LastLSN", "CheckpointLSN", "DatabaseBackupLSN", "DifferentialBaseLSN", "BackupStartDate",
-        "BackupFinishDate", "SoftwareVersionMajor", "DatabaseVersion", "RecoveryModel", "Compressed",
-        "FamilyCount", "FamilySequenceNumber", "BackupSize", "BackupSetGUID", "HasMediaPassword",
-    )  # fmt: skip
-    for row in rows:
-        table = Table(title=row["path"], title_justify="left", show_header=False, box=None)
-        table.add_column(style="dim")
-        table.add_column()
-        for k in keys:
-            table.add_row(k, "" if row.get(k) is None else str(row[k]))
-        out.print(table)
-        files = Table(show_edge=False, box=None, padding=(0, 2, 0, 2))
-        for col in ("LogicalName", "Type", "FileGroupName", "Size", "PhysicalName"):
-            files.add_column(col)
-        for f in row["files"]:
-            files.add_row(
-                f["LogicalName"],
-                f["Type"],
-                f["FileGroupName"] or "",
-                render.size(f["Size"]),
-                f["PhysicalName"],
-            )
-        out.print(files)
-        out.print()
-
-
 @app.command("scan")
 def scan_cmd(
     path: Annotated[str, typer.Argument(help="Folder or store URL holding backups, in any layout.")],
@@ -204,7 +164,7 @@ def scan_cmd(
         result = _scan(path, as_json)
         cat = build_catalog(path, result, all_engines())
         if as_json:
-            _emit_json(cat.to_json())
+            render.emit_json(cat.to_json())
         else:
             render.catalog(out, cat)
         if has_errors(list(cat.findings)):
@@ -248,7 +208,7 @@ def plan(
         result = _scan(path, as_json)
         p = select_databases(build_plan(path, result, all_engines(), target=target), database or [])
         if as_json:
-            _emit_json(p.to_json())
+            render.emit_json(p.to_json())
         else:
             render.plan(out, p)
         if has_errors(p.all_findings()):
@@ -313,7 +273,7 @@ def migrate(
             err.print("stopped; the target server keeps running. Run the same command again to resume.")
             raise typer.Exit(EXIT_FINDINGS) from None
         if as_json:
-            _emit_json(result.to_json())
+            render.emit_json(result.to_json())
         else:
             render.migration_result(out, result)
 
@@ -412,9 +372,9 @@ def serve(
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
     from ferry.engines.base import ReplaySettings
+    from ferry.serve import ServeOptions, default_data, parse_target
+    from ferry.serve import serve as run_service
     from ferry.service.activities import TargetConfig
-    from ferry.service.serve import ServeOptions, default_data, parse_target
-    from ferry.service.serve import serve as run_service
 
     with _errors():
         folder = Path(os.path.abspath(data)) if data else default_data()

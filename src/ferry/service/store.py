@@ -49,7 +49,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_UPGRADE_LOCK = 0x46455252  # "FERR": serializes schema upgrades of servers starting together
 
 
-class StoreError(FerryError):
+class StateStoreError(FerryError):
     """The state store cannot be opened or used."""
 
 
@@ -343,7 +343,7 @@ class SqlStateStore:
         except sa.exc.OperationalError as exc:
             self.close()
             shown = sa.make_url(self.url).render_as_string(hide_password=True)
-            raise StoreError(
+            raise StateStoreError(
                 f"cannot open the state store '{shown}': {exc.orig}",
                 "check that the database server is running and the URL, user and database are right",
             ) from None
