@@ -345,11 +345,11 @@ def read_file(reader: RangeReader) -> list[PgFile]:
             inner = tarread.decompressed_head(head, _HEAD) or compression.head_of(
                 _Whole(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
             )
-            if tarread.is_tar_header(inner[: tarread.BLOCK]) or not inner:
-                return [_read_tar(reader, kind)]  # a tar, or damage the tar reader names
-            if not _sniff_plain(inner):
-                return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
-            return [_read_compressed(reader, kind, inner)]
+            if _sniff_plain(inner):
+                return [_read_compressed(reader, kind, inner)]
+            if tarread.is_tar_header(inner[: tarread.BLOCK]) or len(inner) < tarread.BLOCK:
+                return [_read_tar(reader, kind)]  # a tar, or one cut short: the tar reader names the damage
+            return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
         header = parse_wal_header(head)
         if header is not None:
             return [_read_segment(reader, header)]
