@@ -83,22 +83,19 @@ class _Attempt:
         return self.steps[-1].backup
 
 
-def _on_path(log: LogicalBackup, pos: int, fork: UUID | None) -> bool:
-    """Can `log` follow a restore that stands at `pos` on recovery fork `fork`? Unknown forks never block."""
-    start = log.first_recovery_fork_id
-    if fork is None or start is None:
-        return True
-    if start != fork:
-        return False
-    # A log that crosses into a new fork replays the old fork only up to the fork point.
-    crosses = log.recovery_fork_id not in (None, fork) and log.fork_point_lsn is not None
-    return not crosses or pos <= (log.fork_point_lsn or 0)
+def _on_path(log: LogicalBackup, pos: int, forks: frozenset[UUID]) -> bool:
+    """Can `log` follow a restore that stands at `pos` on `forks`? The log's fork at `pos` decides, not the
+    fork it starts on: a log applies from `pos` on, and what it holds below `pos` is not replayed. Unknown
+    forks never block."""
+    here = log.forks_at(pos)
+    return not forks or not here or bool(forks & here)
 
 
-def _same_line(log: LogicalBackup, fork: UUID | None) -> bool:
+def _same_line(log: LogicalBackup, forks: frozenset[UUID]) -> bool:
     """Could `log` continue this fork at some position? Tells a gap (a log missing on our line) apart from
     logs that only exist on another fork (reported as `chain-fork`)."""
-    return fork is None or log.first_recovery_fork_id in (None, fork) or log.recovery_fork_id in (None, fork)
+    covered = log.forks_covered
+    return not forks or not covered or bool(forks & covered)
 
 
 def _based_on(diff: LogicalBackup, full: LogicalBackup) -> bool:
@@ -161,7 +158,10 @@ def _walk(
         steps.append(ChainStep(StepKind.DIFF, diff))
         if goal is not None and goal.done_at(diff):
             return _Attempt(tuple(steps), tuple(findings), True)
-    pos, fork = steps[-1].backup.last_lsn, steps[-1].backup.recovery_fork_id
+    # The fork a data backup leaves the restore on is read like a log's: at its LastLSN. A database created
+    # by RESTORE carries the old fork in every header, but its backups lie beyond the fork point.
+    pos = steps[-1].backup.last_lsn
+    forks = steps[-1].backup.forks_at(pos)
     # Positions only grow, so a log once behind stays behind: keep a small window of live candidates.
     active: list[LogicalBackup] = []
     i = 0
@@ -170,7 +170,7 @@ def _walk(
             active.append(logs[i])
             i += 1
         active = [log for log in active if log.last_lsn > pos]
-        usable = [log for log in active if _on_path(log, pos, fork)]
+        usable = [log for log in active if _on_path(log, pos, forks)]
         if not usable:
             break
         # Reach furthest; on ties prefer the regular log (a copy-only one is the spare) and the fork the
@@ -181,7 +181,7 @@ def _walk(
                 not c.complete,
                 -c.last_lsn,
                 c.is_copy_only,
-                c.recovery_fork_id != fork,
+                c.recovery_fork_id not in forks,
                 c.sort_key,
             ),
         )
@@ -201,8 +201,8 @@ def _walk(
         steps.append(ChainStep(StepKind.LOG, log, stop))
         if goal is not None and (stop is not None or goal.done_at(log)):
             return _Attempt(tuple(steps), tuple(findings), True)
-        pos, fork = log.last_lsn, log.recovery_fork_id or fork
-    after = next((log for log in logs[i:] if _same_line(log, fork)), None)
+        pos, forks = log.last_lsn, log.forks_at(log.last_lsn) or forks
+    after = next((log for log in logs[i:] if _same_line(log, forks)), None)
     if after is not None:
         findings.append(_gap(label, steps[-1].backup, after))
     return _Attempt(tuple(steps), tuple(findings), False)
@@ -363,7 +363,9 @@ def _after_checks(label: str, steps: Sequence[ChainStep], logs: Sequence[Logical
             )
         )
     used = {s.backup for s in steps}
-    forks = {f for s in steps for f in (s.backup.recovery_fork_id, s.backup.first_recovery_fork_id) if f}
+    # The forks the restore passes through: a log crossing a fork point touches two. FirstRecoveryForkID
+    # alone says nothing: a database created by RESTORE carries its source's fork in every header.
+    forks = frozenset().union(*(s.backup.forks_covered for s in steps))
     start = steps[0].backup.last_lsn
     # Logs older than the chosen full are history; only those after it on another fork are worth a look.
     astray = [
