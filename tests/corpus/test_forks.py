@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 
 from ferry.core.findings import Severity
-from ferry.engines.sqlserver.chain import RecoveryTarget, group_by_database, merge_stripes, select_chain
+from ferry.engines.sqlserver.chain import StopPoint, group_by_database, merge_stripes, select_chain
 from ferry.engines.sqlserver.headers import BackupSet, BackupType
 from tests.corpus.helpers import read_file
 
@@ -26,7 +26,7 @@ def sets_in(corpus: Path, *names: str) -> list[BackupSet]:
     return [s for name in names for s in read_file(corpus, corpus / name)]
 
 
-def chain_of(sets: list[BackupSet], target: RecoveryTarget | None = None) -> list[str]:
+def chain_of(sets: list[BackupSet], target: StopPoint | None = None) -> list[str]:
     backups, findings = merge_stripes(sets)
     assert not [f for f in findings if f.severity is Severity.ERROR]
     [group] = group_by_database(backups).values()
@@ -63,8 +63,8 @@ def test_logs_of_a_database_restored_from_another_server(corpus: Path) -> None:
     sets = [the_full, *logs]
     assert chain_of(sets) == [the_full.path, first.path, second.path]
     for target in range(the_full.last_lsn, second.last_lsn + 1, 100_000):
-        assert chain_of(sets, RecoveryTarget(lsn=target))[0] == the_full.path
-    assert chain_of(sets, RecoveryTarget(lsn=second.last_lsn - 1))[-1] == second.path
+        assert chain_of(sets, StopPoint(lsn=target))[0] == the_full.path
+    assert chain_of(sets, StopPoint(lsn=second.last_lsn - 1))[-1] == second.path
 
 
 @pytest.mark.parametrize(
@@ -112,4 +112,4 @@ def test_logs_after_a_differential_taken_on_a_restored_database(
     sets = [*fulls, *diffs, *logs]
     assert chain_of(sets) == [full_files[0], diff_files[0], "synthetic/log_0.trn", "synthetic/log_1.trn"]
     for target in range(the_diff.last_lsn, logs[-1].last_lsn + 1, 150_000):
-        assert chain_of(sets, RecoveryTarget(lsn=target))[:2] == [full_files[0], diff_files[0]]
+        assert chain_of(sets, StopPoint(lsn=target))[:2] == [full_files[0], diff_files[0]]

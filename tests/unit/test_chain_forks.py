@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferry.core.findings import Severity
-from ferry.engines.sqlserver.chain import Chain, RecoveryTarget
+from ferry.engines.sqlserver.chain import Chain, StopPoint
 from ferry.engines.sqlserver.headers import BackupSet
 from tests.factories import RECOVERY_FORK
 from tests.unit.test_chain import (
@@ -90,15 +90,15 @@ def test_database_created_by_restore_reaches_every_point_by_lsn() -> None:
     sets = restored_history()
     for tick in range(5, 23):
         for target in (lsn(tick), lsn(tick) + 1, lsn(tick) + 73_001):
-            assert_reaches(plan(*sets, target=RecoveryTarget(lsn=target)), target)
-    assert_reaches(plan(*sets, target=RecoveryTarget(lsn=lsn(23))), lsn(23))
+            assert_reaches(plan(*sets, stop=StopPoint(lsn=target)), target)
+    assert_reaches(plan(*sets, stop=StopPoint(lsn=lsn(23))), lsn(23))
 
 
 def test_database_created_by_restore_reaches_every_point_by_time() -> None:
     sets = restored_history()
     for tick in range(5, 23):
         when = at(lsn(tick) + 50_000)  # half a minute after each tick
-        chain = plan(*sets, target=RecoveryTarget(time=when))
+        chain = plan(*sets, stop=StopPoint(time=when))
         assert "stop-at-unreachable" not in {c for c, _ in codes(chain)}, chain.findings
         assert chain.restores_to == when and chain.steps[-1].stop_at == when.isoformat()
 
@@ -147,7 +147,7 @@ def test_real_fork_after_a_restore_plans_from_the_new_full() -> None:
 def test_real_fork_after_a_restore_crosses_into_the_new_fork() -> None:
     sets = forked_history()
     for target in (lsn(15), FORK_POINT + 1, lsn(17), lsn(19)):
-        chain = plan(*sets, target=RecoveryTarget(lsn=target))
+        chain = plan(*sets, stop=StopPoint(lsn=target))
         assert_reaches(chain, target)
         assert files(chain)[:4] == [
             "db1/FULL/full_5.bak",
@@ -156,7 +156,7 @@ def test_real_fork_after_a_restore_crosses_into_the_new_fork() -> None:
             "db1/LOG/crossing.trn",
         ]
     for target in (lsn(20), lsn(21), lsn(25), lsn(26)):
-        chain = plan(*sets, target=RecoveryTarget(lsn=target))
+        chain = plan(*sets, stop=StopPoint(lsn=target))
         assert_reaches(chain, target)
         assert files(chain)[0] == "db1/FULL/full_20.bak"
 
@@ -213,9 +213,7 @@ def test_inherited_fork_fields_change_no_plan(h: History, data: st.DataObject) -
     if whole.steps and whole.restores_to_lsn is not None:
         start = whole.steps[0].backup.last_lsn
         target = data.draw(st.integers(start, whole.restores_to_lsn))
-        same_plan(
-            _chain_of(restored, RecoveryTarget(lsn=target)), _chain_of(plain, RecoveryTarget(lsn=target))
-        )
+        same_plan(_chain_of(restored, StopPoint(lsn=target)), _chain_of(plain, StopPoint(lsn=target)))
 
 
 @st.composite
@@ -240,4 +238,4 @@ def test_restored_database_reaches_every_point(sets: list[BackupSet], data: st.D
     end = max(s.last_lsn for s in sets)
     assert chain.restores_to_lsn == end
     target = data.draw(st.integers(sets[0].last_lsn, end))
-    assert_reaches(_chain_of(sets, RecoveryTarget(lsn=target)), target)
+    assert_reaches(_chain_of(sets, StopPoint(lsn=target)), target)

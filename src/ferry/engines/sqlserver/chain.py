@@ -18,6 +18,7 @@ from uuid import UUID
 from ferry.core.findings import Finding, Severity
 from ferry.core.plan import StepKind
 from ferry.engines.sqlserver.headers import BackupType
+from ferry.engines.sqlserver.recovery import Goal, StopPoint, as_utc, resolve_stop_point
 from ferry.engines.sqlserver.stripes import (
     DatabaseKey,
     LogicalBackup,
@@ -26,15 +27,14 @@ from ferry.engines.sqlserver.stripes import (
     merge_stripes,
     quote_files,
 )
-from ferry.engines.sqlserver.targets import Goal, RecoveryTarget, as_utc, resolve_target
 
 __all__ = [
     "Chain",
     "ChainStep",
     "DatabaseKey",
     "LogicalBackup",
-    "RecoveryTarget",
     "RestorableRange",
+    "StopPoint",
     "group_by_database",
     "merge_stripes",
     "restorable_range",
@@ -221,8 +221,8 @@ def _gap(label: str, before: LogicalBackup, after: LogicalBackup) -> Finding:
     )
 
 
-def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None = None) -> Chain:
-    """The restore chain of ONE database (see `group_by_database`), up to `target` or as far as it goes."""
+def select_chain(backups: Sequence[LogicalBackup], stop: StopPoint | None = None) -> Chain:
+    """The restore chain of ONE database (see `group_by_database`), up to `stop` or as far as it goes."""
     ordered = sorted(backups, key=lambda b: b.sort_key)  # the answer must not depend on listing order
     if not ordered:
         return Chain()
@@ -261,7 +261,7 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
         )
         return Chain(findings=tuple(findings))
     findings.extend(_missing_bases(label, diffs, fulls))
-    goal = resolve_target(target, ordered)
+    goal = resolve_stop_point(stop, ordered)
     eligible = [f for f in fulls if goal is None or goal.allows_base(f)]
     eligible.sort(key=lambda f: (f.last_lsn, f.sort_key), reverse=True)  # latest first
     usable = [f for f in eligible if f.complete]
@@ -286,10 +286,10 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
     for full in usable:
         attempts.append(_walk(full, diffs, logs, goal, label))
         if attempts[-1].reached:
-            chosen = attempts[-1]  # the latest full that reaches the target: fewest logs to replay
+            chosen = attempts[-1]  # the latest full that reaches the stop point: fewest logs to replay
             break
     if chosen is None:
-        # Without a target (or when none is reached) take the chain that gets furthest; `max` keeps the
+        # Without a stop point (or when none is reached) take the chain that gets furthest; `max` keeps the
         # first, i.e. latest, full on ties. Usually that is the latest full, but not when a copy-only full
         # is newer than the base of a differential that goes further.
         chosen = max(attempts, key=lambda a: a.end.last_lsn)
@@ -315,7 +315,7 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
     restores_to_lsn: int | None = last.last_lsn
     if goal is not None and chosen.reached and chosen.steps[-1].stop_at is not None:
         # The restore stops inside the last log. Only the coordinate that was asked for is known; the
-        # other one is learnt from the target after the restore, so none is printed rather than the
+        # other one is learnt from the server after the restore, so none is printed rather than the
         # log's end, which the restore does not reach.
         restores_to = goal.time
         restores_to_lsn = goal.lsn
