@@ -50,6 +50,12 @@ class PagedSource:
 
     def get(self, offset: int, length: int) -> bytes:
         """`length` bytes at `offset`, or fewer where the file ends."""
+        # Most requests are a header inside one page already read: serve those without the general path.
+        page, skip = divmod(offset, self._page)
+        if offset >= 0 and length >= 0 and skip + length <= self._page and offset + length <= self.size:
+            data = self._pages.get(page)
+            if data is not None and len(data) >= skip + length:
+                return data[skip : skip + length]
         length = max(0, min(length, self.size - offset))
         if length == 0:
             return b""
@@ -98,7 +104,9 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
             yield Block(dblk, ())
             offset += soft_filemark
             continue
-        dblk = parse_dblk(src.exact(offset, dblk.first_event, "a block"), offset)
+        # The checksummed fixed part is checked once; the rest up to the first stream is taken as it is.
+        raw = src.exact(offset, dblk.first_event, "a block")
+        dblk = Dblk(offset, dblk.type, dblk.attributes, dblk.first_event, dblk.string_type, raw)
         streams: list[tuple[StreamHeader, bytes | None]] = []
         pos = offset + dblk.first_event
         while True:

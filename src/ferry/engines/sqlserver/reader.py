@@ -85,7 +85,8 @@ def read_backup_sets(reader: RangeReader) -> list[BackupSet]:
 
 
 def _read_compressed(reader: RangeReader) -> list[BackupSet]:
-    regions = container.read_compressed_regions(reader)
+    # Only up to the first bulk block of the head is parsed, so decode no chunk beyond it.
+    regions = container.read_compressed_regions(reader, head_min=0)
     blocks = list(blocks_in_buffer(regions.head, stop_at_bulk=True))
     end = find_block(regions.tail, b"MSLS")
     if end is None:

@@ -22,6 +22,8 @@ input ends either in success or in XpressError after at most `uncompressed_size`
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["XpressError", "decompress_lz77_huffman"]
 
 _TABLE_BYTES = 256
@@ -30,6 +32,7 @@ _MAX_BITS = 15
 _LOOKUP_SIZE = 1 << _MAX_BITS
 _BLOCK_OUTPUT = 65536
 _MASK32 = 0xFFFFFFFF
+_ENTRY = struct.Struct("=H").pack  # native order, as memoryview.cast("H") reads it
 
 
 class XpressError(ValueError):
@@ -40,7 +43,7 @@ class XpressError(ValueError):
         self.offset = offset
 
 
-def _build_lookup(data: bytes, start: int) -> list[int]:
+def _build_lookup(data: bytes, start: int) -> memoryview:
     """The 15-bit lookup table of the block whose length table begins at `start`.
 
     Each entry is `symbol << 4 | code_length`. Canonical codes in (length, symbol) order fill the table
@@ -53,21 +56,23 @@ def _build_lookup(data: bytes, start: int) -> list[int]:
         byte = data[start + i]
         by_length[byte & 15].append(2 * i)
         by_length[byte >> 4].append(2 * i + 1)
-    lookup = [0] * _LOOKUP_SIZE
+    # The table is built as 2-byte entries joined in one go and read through a memoryview: a few hundred
+    # byte-string repeats instead of filling a 32768-entry list slice by slice, which cost more than
+    # decoding a small chunk.
+    parts: list[bytes] = []
     pos = 0
     for length in range(1, _MAX_BITS + 1):
         span = 1 << (_MAX_BITS - length)
         for symbol in by_length[length]:  # symbols were appended in increasing order
-            end = pos + span
-            if end > _LOOKUP_SIZE:
+            pos += span
+            if pos > _LOOKUP_SIZE:
                 raise XpressError(f"over-subscribed Huffman code in the table at input byte {start}", start)
-            lookup[pos:end] = [symbol << 4 | length] * span
-            pos = end
+            parts.append(_ENTRY(symbol << 4 | length) * span)
     if pos != _LOOKUP_SIZE:
         if pos == 0:
             raise XpressError(f"Huffman table at input byte {start} has no codes", start)
         raise XpressError(f"incomplete Huffman code in the table at input byte {start}", start)
-    return lookup
+    return memoryview(b"".join(parts)).cast("H")
 
 
 def decompress_lz77_huffman(data: bytes, uncompressed_size: int, *, strict: bool = True) -> bytes:
