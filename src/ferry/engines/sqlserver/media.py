@@ -92,29 +92,39 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
     truncated (or was appended to mid-write): that raises FormatProblem at the offset where it breaks."""
     offset = 0
     soft_filemark = 512
-    while offset < src.size:
-        head = src.exact(offset, DBLK_HEADER_SIZE, "a block header")
-        dblk = parse_dblk(head, offset)
+    size = src.size
+    while offset < size:
+        # One look at the rest of the current page: it usually holds the block header, the bytes up to
+        # its first stream and the first stream headers, which are then sliced out of it.
+        room = PAGE - offset % PAGE
+        buf = src.get(offset, room if room >= DBLK_HEADER_SIZE else DBLK_HEADER_SIZE)
+        if len(buf) < DBLK_HEADER_SIZE:
+            raise FormatProblem(size, "unexpected end of data inside a block header")
+        dblk = parse_dblk(buf, offset)
         if dblk.type == b"TAPE":
-            raw = src.exact(offset, 0x42, "the media header")
+            raw = buf if len(buf) >= 0x42 else src.exact(offset, 0x42, "the media header")
             soft_filemark = max(1, u16(raw, 0x40)) * 512
         if dblk.type == b"SFMB":
-            if offset + soft_filemark > src.size:
-                raise FormatProblem(src.size, "unexpected end of data inside a filemark")
-            yield Block(dblk, ())
+            if offset + soft_filemark > size:
+                raise FormatProblem(size, "unexpected end of data inside a filemark")
+            yield Block(Dblk(offset, dblk.type, dblk.attributes, dblk.first_event, dblk.string_type, buf), ())
             offset += soft_filemark
             continue
-        # The checksummed fixed part is checked once; the rest up to the first stream is taken as it is.
-        raw = src.exact(offset, dblk.first_event, "a block")
-        dblk = Dblk(offset, dblk.type, dblk.attributes, dblk.first_event, dblk.string_type, raw)
+        first = dblk.first_event
+        raw = buf[:first] if first <= len(buf) else src.exact(offset, first, "a block")
+        dblk = Dblk(offset, dblk.type, dblk.attributes, first, dblk.string_type, raw)
         streams: list[tuple[StreamHeader, bytes | None]] = []
-        pos = offset + dblk.first_event
+        pos = offset + first
         while True:
-            sh = parse_stream_header(src.exact(pos, STREAM_HEADER_SIZE, "a stream header"), pos)
-            if sh.data_offset + sh.length > src.size:
-                raise FormatProblem(
-                    src.size, f"unexpected end of data inside stream {sh.id.decode('latin-1')}"
-                )
+            rel = pos - offset
+            head = (
+                buf[rel : rel + STREAM_HEADER_SIZE]
+                if rel + STREAM_HEADER_SIZE <= len(buf)
+                else src.exact(pos, STREAM_HEADER_SIZE, "a stream header")
+            )
+            sh = parse_stream_header(head, pos)
+            if sh.data_offset + sh.length > size:
+                raise FormatProblem(size, f"unexpected end of data inside stream {sh.id.decode('latin-1')}")
             data = None
             if sh.id in WANTED_STREAMS:
                 if sh.length > MAX_WANTED_STREAM:

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from ferry.core.lsn import sqlserver_lsn
 
@@ -133,11 +133,22 @@ def lsn(buf: bytes, off: int) -> int:
     return sqlserver_lsn(vlf, block, slot)
 
 
+_NO_GUID = bytes(16)
+_new_uuid = object.__new__
+_set = object.__setattr__
+
+
 def guid(buf: bytes, off: int) -> UUID | None:
     raw = bytes(buf[off : off + 16])
-    if len(raw) < 16 or raw == bytes(16):
+    if len(raw) < 16 or raw == _NO_GUID:
         return None
-    return UUID(bytes_le=raw)
+    # UUID(bytes_le=...) with its argument checks is a measurable share of a scan, which reads a dozen
+    # GUIDs per file: reorder the Windows byte order by hand and set the value directly.
+    value = int.from_bytes(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:], "big")
+    u: UUID = _new_uuid(UUID)
+    _set(u, "int", value)
+    _set(u, "is_safe", SafeUUID.unknown)
+    return u
 
 
 def text(buf: bytes, ta_off: int, base: int = 0) -> str | None:
