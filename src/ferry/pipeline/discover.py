@@ -12,6 +12,7 @@ process would give.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import multiprocessing
 import os
@@ -19,8 +20,8 @@ import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from functools import cache
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID, SafeUUID
 
@@ -151,40 +152,41 @@ def _scan_run(root: str, engines: Sequence[Engine], infos: list[ObjectInfo], thr
         with ThreadPoolExecutor(max_workers=threads) as pool:
             files = list(pool.map(lambda info: read_object(store, engines, info), infos))
     out = io.BytesIO()
-    _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(files)
+    _Pickler(out).dump(files)
     return out.getvalue()
 
 
 class _Pickler(pickle.Pickler):
     """Results pickled for the way back, compactly: loading them is work for the parent process alone,
-    while the children parse. A dataclass goes as its class and a tuple of field values (not a dict of
-    names and values), a UUID as its int (a UUID unpickles through Python code and an Enum lookup)."""
+    while the children parse. A UUID goes as its int (a UUID unpickles through Python code and an Enum
+    lookup), and equal values in dataclasses go once."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        # Backups of one database repeat names, GUIDs and dates. Equal values are sent as one object,
+        # which the pickle memo then refers back to instead of building it again.
+        self._seen: dict[tuple[type, Any], Any] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is UUID:
             return _uuid, (obj.int,)
         if hasattr(kind, "__dataclass_fields__") and hasattr(obj, "__dict__") and kind is not type:
-            names = _field_names(kind)
-            if len(obj.__dict__) == len(names):
-                return _dataclass, (kind, tuple(obj.__dict__[n] for n in names))
+            seen = self._seen
+            state = {
+                name: seen.setdefault((type(v), v), v) if type(v) in _SHARED else v
+                for name, v in obj.__dict__.items()
+            }
+            # As default pickling does (object created, then its __dict__ filled, both in C), but with
+            # the shared values.
+            return copyreg.__newobj__, (kind,), state  # type: ignore[attr-defined]
         return NotImplemented
 
 
+_SHARED = frozenset({str, UUID, datetime, int})
 _new = object.__new__
 _set = object.__setattr__
 _UNKNOWN = SafeUUID.unknown
-
-
-@cache
-def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(kind))
-
-
-def _dataclass(kind: type, values: tuple[Any, ...]) -> Any:
-    obj: Any = _new(kind)
-    obj.__dict__.update(zip(_field_names(kind), values, strict=True))
-    return obj
 
 
 def _uuid(value: int) -> UUID:
