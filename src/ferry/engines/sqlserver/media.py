@@ -123,17 +123,20 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
                 else src.exact(pos, STREAM_HEADER_SIZE, "a stream header")
             )
             sh = parse_stream_header(head, pos)
-            if sh.data_offset + sh.length > size:
-                raise FormatProblem(size, f"unexpected end of data inside stream {sh.id.decode('latin-1')}")
+            sid, length = sh.id, sh.length
+            end = pos + STREAM_HEADER_SIZE + length
+            if end > size:
+                raise FormatProblem(size, f"unexpected end of data inside stream {sid.decode('latin-1')}")
             data = None
-            if sh.id in WANTED_STREAMS:
-                if sh.length > MAX_WANTED_STREAM:
-                    raise FormatProblem(pos, f"{sh.id.decode()} stream is implausibly long")
-                data = src.exact(sh.data_offset, sh.length, f"stream {sh.id.decode()}")
+            if sid in WANTED_STREAMS:
+                if length > MAX_WANTED_STREAM:
+                    raise FormatProblem(pos, f"{sid.decode()} stream is implausibly long")
+                data = src.exact(pos + STREAM_HEADER_SIZE, length, f"stream {sid.decode()}")
             streams.append((sh, data))
-            pos = sh.next_offset
-            if sh.id == b"SPAD":
+            if sid == b"SPAD":  # the block ends with it, and the next one follows unaligned
+                pos = end
                 break
+            pos = (end + 3) & ~3  # StreamHeader.next_offset, without the property calls
             if len(streams) > 4096:
                 raise FormatProblem(pos, "block has too many streams")
         yield Block(dblk, tuple(streams))

@@ -44,11 +44,21 @@ def xor16(data: bytes | memoryview, words: int) -> int:
     """XOR of the first `words` little-endian u16 words: MTF's header checksum. Folding one big integer in
     halves (aligned to 16 bits) costs a handful of operations instead of a Python loop per word."""
     n = int.from_bytes(data[: words * 2], "little")
-    bits = 16 << max(0, words - 1).bit_length()
-    while bits > 16:
-        bits //= 2
+    for bits in _FOLDS[words] if words < len(_FOLDS) else _folds(words):
         n = (n >> bits) ^ (n & ((1 << bits) - 1))
     return n
+
+
+def _folds(words: int) -> tuple[int, ...]:
+    bits = 16 << max(0, words - 1).bit_length()
+    steps = []
+    while bits > 16:
+        bits //= 2
+        steps.append(bits)
+    return tuple(steps)
+
+
+_FOLDS = tuple(_folds(w) for w in range(64))  # the halvings for each header size, worked out once
 
 
 @dataclass(frozen=True)
