@@ -15,6 +15,7 @@ from ferry.engines.sqlserver.mtf import (
     Dblk,
     FormatProblem,
     StreamHeader,
+    check_dblk,
     parse_dblk,
     parse_stream_header,
     u16,
@@ -100,19 +101,18 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
         buf = src.get(offset, room if room >= DBLK_HEADER_SIZE else DBLK_HEADER_SIZE)
         if len(buf) < DBLK_HEADER_SIZE:
             raise FormatProblem(size, "unexpected end of data inside a block header")
-        dblk = parse_dblk(buf, offset)
-        if dblk.type == b"TAPE":
+        btype, attributes, first = check_dblk(buf, offset)
+        if btype == b"TAPE":
             raw = buf if len(buf) >= 0x42 else src.exact(offset, 0x42, "the media header")
             soft_filemark = max(1, u16(raw, 0x40)) * 512
-        if dblk.type == b"SFMB":
+        if btype == b"SFMB":
             if offset + soft_filemark > size:
                 raise FormatProblem(size, "unexpected end of data inside a filemark")
-            yield Block(Dblk(offset, dblk.type, dblk.attributes, dblk.first_event, dblk.string_type, buf), ())
+            yield Block(Dblk(offset, btype, attributes, first, buf[0x30], buf[:DBLK_HEADER_SIZE]), ())
             offset += soft_filemark
             continue
-        first = dblk.first_event
         raw = buf[:first] if first <= len(buf) else src.exact(offset, first, "a block")
-        dblk = Dblk(offset, dblk.type, dblk.attributes, first, dblk.string_type, raw)
+        dblk = Dblk(offset, btype, attributes, first, buf[0x30], raw)
         streams: list[tuple[StreamHeader, bytes | None]] = []
         pos = offset + first
         while True:

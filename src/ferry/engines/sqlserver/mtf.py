@@ -92,6 +92,12 @@ class StreamHeader:
 
 def parse_dblk(raw: bytes, offset: int) -> Dblk:
     """Check and decode a DBLK header. `raw` starts at the block and holds at least its fixed part."""
+    btype, attributes, first_event = check_dblk(raw, offset)
+    return Dblk(offset, btype, attributes, first_event, raw[0x30], raw)
+
+
+def check_dblk(raw: bytes, offset: int) -> tuple[bytes, int, int]:
+    """The checks of `parse_dblk`, returning (type, attributes, first event) without building a Dblk."""
     if len(raw) < DBLK_HEADER_SIZE:
         raise FormatProblem(offset + len(raw), "unexpected end of data inside a block header")
     btype, attributes, first_event = _DBLK.unpack_from(raw, 0)
@@ -102,7 +108,7 @@ def parse_dblk(raw: bytes, offset: int) -> Dblk:
         raise FormatProblem(offset, f"checksum of the {btype.decode()} block header does not match")
     if btype != b"SFMB" and not DBLK_HEADER_SIZE <= first_event <= 0x4000:
         raise FormatProblem(offset + 8, f"{btype.decode()} block points at its data out of range")
-    return Dblk(offset, btype, attributes, first_event, raw[0x30], raw)
+    return btype, attributes, first_event
 
 
 def parse_stream_header(raw: bytes, offset: int) -> StreamHeader:
