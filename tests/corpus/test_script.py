@@ -228,3 +228,9 @@ def test_target_version_refuses_newer_backups(corpus: Path) -> None:
 def test_bad_backup_path_mapping_is_a_usage_error(corpus: Path) -> None:
     code, out, err = ferry("script", str(corpus / "singlerestore"), "--backup-path-as", "nothing")
     assert code == 2 and out == "" and "LOCAL=TARGET" in err
+
+
+def test_options_sql_server_refuses_give_no_restore(corpus: Path) -> None:
+    code, out, err = ferry("script", str(corpus / "singlerestore"), "--credential", "blob key")
+    assert code == 1 and out == ""
+    assert err.count("not-scriptable") == 2 and "URL" in err
