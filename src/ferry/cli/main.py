@@ -21,6 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from ferry import __version__
 from ferry.cli import render
 from ferry.cli.migrations import app as migrations_app
+from ferry.cli.script import script as script_command
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import FerryError, StoreError, UsageError
 from ferry.core.findings import has_errors
@@ -40,6 +41,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(migrations_app, name="migrations")
+app.command("script")(script_command)
 out = Console()
 err = Console(stderr=True)
 
