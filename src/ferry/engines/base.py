@@ -145,6 +145,11 @@ class StepContext(Protocol):
         """Something worth an "info" event (an earlier attempt was interrupted, a step resumed)."""
         ...
 
+    def rescan(self) -> SourceFiles:
+        """The source's backups as they are now, read again by the caller (engines never scan): how an
+        engine whose logs arrive as backup files finds those that came after `prepare`."""
+        ...
+
 
 class Until(Protocol):
     """When `follow_logs` ends, besides the end of an offline migration's logs."""

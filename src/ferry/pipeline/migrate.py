@@ -50,8 +50,13 @@ class _Foreground:
     """The steps' context in the foreground: reports go to the view, nothing cancels a step (Ctrl-C
     interrupts the process, and running again resumes), notes become phases."""
 
-    def __init__(self, reporter: StatusReporter) -> None:
+    def __init__(self, reporter: StatusReporter, job: MigrationJob, engine_name: str) -> None:
         self.reporter = reporter
+        self.job = job
+        self.engine_name = engine_name
+
+    def rescan(self) -> SourceFiles:
+        return read_source(self.job.source, self.engine_name)
 
     def report(self, status: MigrationStatus) -> None:
         self.reporter.status = status
@@ -107,7 +112,7 @@ class Migration:
     def run(self) -> Outcome:
         job, rep = self.job, self.reporter
         steps = migrator(job.target.engine)
-        ctx = _Foreground(rep)
+        ctx = _Foreground(rep, job, steps.engine)
         rep.emit(State.VALIDATING, phase="reading the source's backups")
         files = read_source(job.source, steps.engine)
         prepared, _ = steps.prepare(job, files, ctx)

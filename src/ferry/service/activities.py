@@ -43,6 +43,7 @@ from ferry.engines.base import (
     Migrator,
     Prepared,
     ReplaySettings,
+    SourceFiles,
     StepReport,
     TargetSpec,
 )
@@ -313,9 +314,15 @@ class _Context:
     """The StepContext an activity gives its engine: reports go to the store and Temporal through a
     _Progress sink, `check` stops the step when Temporal cancelled it, notes become "info" events."""
 
-    def __init__(self, sink: _Progress, note: Callable[[str], None]) -> None:
+    def __init__(
+        self, sink: _Progress, note: Callable[[str], None], rescan: Callable[[], SourceFiles]
+    ) -> None:
         self.sink = sink
         self._note = note
+        self._rescan = rescan
+
+    def rescan(self) -> SourceFiles:
+        return self._rescan()
 
     def report(self, status: MigrationStatus) -> None:
         self.sink(status)
@@ -410,7 +417,11 @@ class TargetActivities:
         def note(message: str) -> None:
             self._event(m.id, "info", message, step=step, attempt=activity.info().attempt)
 
-        return _Context(sink, note)
+        def rescan() -> SourceFiles:
+            with self._scans:
+                return read_source(m.source, self._config(m.target).engine)
+
+        return _Context(sink, note, rescan)
 
     def _event(self, migration_id: str, kind: str, message: str, **data: Any) -> None:
         try:
