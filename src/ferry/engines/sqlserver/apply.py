@@ -182,6 +182,7 @@ class Applier:
             pending_bytes=view.pending_bytes,
             current_file=current,
             last_file=last_file,
+            **({} if current else {"bytes_done": 0, "bytes_total": None, "throughput": None}),
             blocked_reason=blocked,
             details=details,
         )
