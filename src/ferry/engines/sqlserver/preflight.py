@@ -163,7 +163,7 @@ def check_existing(
             _f(
                 "database-exists",
                 Severity.ERROR,
-                f"{name} already exists ({state}) and --replace would overwrite it",
+                f"{name} already exists ({state}): --replace overwrites it only with --yes",
                 "add --yes to confirm that its contents may be lost",
             )
         ], False
