@@ -189,7 +189,10 @@ def wait_until_clear(target: Target, database: str, ctx: StepContext, settings: 
     attempt = 0
     while True:
         facts = target.facts()
-        reason = pf.single_user_reason(facts, facts.database(database), target.name)
+        # A database of that name matters only when it is to be replaced: otherwise preflight refuses it
+        # (or it is this migration's own, RESTORING), and waiting for it would only delay that answer.
+        replaced = facts.database(database) if settings.replace else None
+        reason = pf.single_user_reason(facts, replaced, target.name)
         if reason is None or not settings.wait_single_user:
             return facts
         ctx.report(MigrationStatus(State.VALIDATING, "waiting for the target", blocked_reason=reason))
