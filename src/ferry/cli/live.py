@@ -17,9 +17,10 @@ from rich.live import Live
 
 from ferry.cli import render
 from ferry.core.migration import MigrationStatus
+from ferry.engines.base import MigrationJob
 from ferry.engines.postgres.cutover import CutoverRequest, pending_cutover, request_cutover
 from ferry.engines.postgres.migration import MigrationResult, MigrationSpec
-from ferry.pipeline.migrate import Migration
+from ferry.pipeline.migrate import HasJob, Migration, Outcome
 
 
 class _Keys:
@@ -79,7 +80,21 @@ def run_migration(
         return pending_cutover(spec.target)
 
     ask = cutover or from_file
+    outcome = run_job(spec, console, title, ask, on_key, hint, on_status)
+    return MigrationResult(**outcome.result)
 
+
+def run_job(
+    spec: MigrationJob | HasJob,
+    console: Console,
+    title: str,
+    ask: Callable[[], CutoverRequest | None],
+    on_key: Callable[[str], None],
+    hint: str,
+    on_status: Callable[[MigrationStatus], None] | None = None,
+) -> Outcome:
+    """Run one migration of any engine in the foreground: the live panel on a terminal (keys go to
+    `on_key`), progress lines elsewhere. `ask` is polled for the cutover request."""
     if console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
 
@@ -89,7 +104,7 @@ def run_migration(
                 live.update(render.migration_panel(title, status, hint))
 
             with _Keys(on_key).running():
-                return MigrationResult(**Migration(spec, report, ask).run().result)
+                return Migration(spec, report, ask).run()
     printer = _LinePrinter(console)
 
     def report_lines(status: MigrationStatus) -> None:
@@ -97,7 +112,7 @@ def run_migration(
             on_status(status)
         printer.report(status)
 
-    return MigrationResult(**Migration(spec, report_lines, ask).run().result)
+    return Migration(spec, report_lines, ask).run()
 
 
 class _LinePrinter:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ferry import __version__
-from ferry.cli import render
+from ferry.cli import mssql, render
 from ferry.cli.migrations import app as migrations_app
 from ferry.cli.script import script as script_command
 from ferry.core.catalog import RecoveryTarget
@@ -239,8 +239,18 @@ ReadyLag = Annotated[
 
 @app.command()
 def migrate(
-    source: Annotated[str, typer.Argument(help="Store folder of one PostgreSQL source: base backup + WAL.")],
-    to: Annotated[str, typer.Option("--to", help="Target folder Ferry creates and owns on this host.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Store folder of the source's backups (PostgreSQL, or SQL Server .bak/.trn)."),
+    ],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="PostgreSQL: a target folder Ferry creates on this host; SQL Server: "
+            "mssql://USER@HOST:PORT/INSTANCE, port and instance optional (password: FERRY_MSSQL_PASSWORD).",
+        ),
+    ],
     online: Annotated[
         bool, typer.Option("--online/--offline", help="Keep replaying until cutover, or restore and promote.")
     ] = True,
@@ -251,11 +261,33 @@ def migrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     blocked_after: BlockedAfter = 60.0,
     ready_lag: ReadyLag = 2,
+    database: mssql.Database = None,
+    target_database: mssql.TargetDatabase = None,
+    stop_at: mssql.StopAt = None,
+    stop_at_lsn: mssql.StopAtLsn = None,
+    last_backup: mssql.LastBackup = None,
+    data_dir: mssql.DataDir = None,
+    log_dir: mssql.LogDir = None,
+    backup_path_as: mssql.BackupPathAs = None,
+    replace: mssql.Replace = False,
+    yes: mssql.Yes = False,
+    force: mssql.Force = False,
+    standby: mssql.Standby = None,
+    checkdb: mssql.CheckDb = False,
 ) -> None:
-    """Migrate a PostgreSQL source onto a new server from its backups; online until `ferry cutover`."""
+    """Migrate a source onto a new server from its backups; online until `ferry cutover`."""
     from ferry.cli.live import run_migration, target_path
     from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
 
+    if to.lower().startswith("mssql://"):
+        with _errors():
+            options = mssql.SqlMigrateOptions(
+                source, to, online, database, target_database, stop_at, stop_at_lsn, last_backup, data_dir,
+                log_dir, backup_path_as or [], replace, yes, force, standby, checkdb, blocked_after,
+                ready_lag, as_json,
+            )  # fmt: skip
+            mssql.migrate(options, out, err)
+        return
     with _errors():
         spec = MigrationSpec(
             source,
@@ -282,19 +314,31 @@ def migrate(
 
 @app.command()
 def cutover(
-    target: Annotated[str, typer.Argument(help="The target folder given to `ferry migrate --to`.")],
+    target: Annotated[
+        str, typer.Argument(help="The target given to `ferry migrate --to`: a folder, or an mssql:// URL.")
+    ],
     final_lsn: Annotated[
         str | None, typer.Option(help="Replay at least to this LSN (X/Y) before promoting.")
     ] = None,
     source_dsn: Annotated[
         str | None, typer.Option(help="Connection string of the source: Ferry closes its last WAL segment.")
     ] = None,
+    database: Annotated[
+        str | None, typer.Option("--database", "-d", help="SQL Server: the database's name on the target.")
+    ] = None,
+    last_backup: Annotated[
+        str | None, typer.Option("--last-backup", help="SQL Server: wait for this (tail-log) backup first.")
+    ] = None,
 ) -> None:
-    """Ask a running `ferry migrate` to cut over: replay to the end, promote, verify writes."""
+    """Ask a running `ferry migrate` to cut over: apply what is left, bring the target online, prove it."""
     from ferry.cli.live import target_path
     from ferry.engines.postgres.cutover import request_cutover
     from ferry.engines.postgres.wal import parse_lsn
 
+    if target.lower().startswith("mssql://"):
+        with _errors():
+            mssql.cutover(target, database, last_backup, out)
+        return
     with _errors():
         root = target_path(target)
         if not (root / "ferry-target.json").exists():

@@ -167,7 +167,7 @@ def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Pane
     if status.lag_bytes is not None:
         lag = f"{size(status.lag_bytes)}, {duration(status.lag_seconds)}"
     table.add_row("lag", lag)
-    table.add_row("pending", f"{status.pending_files} WAL file(s), {size(status.pending_bytes)}")
+    table.add_row("pending", f"{status.pending_files} file(s), {size(status.pending_bytes)}")
     table.add_row("cutover would take", duration(status.cutover_estimate_seconds))
     if status.blocked_reason:
         table.add_row("blocked", Text(status.blocked_reason, style="bold red"))
@@ -189,6 +189,38 @@ def migration_result(console: Console, result: MigrationResult) -> None:
     table.add_row("WAL replayed", f"{size(result.replayed_bytes)} in {duration(result.replay_seconds)}")
     table.add_row("final LSN", result.final_lsn or "end of the archive")
     table.add_row("downtime", duration(result.downtime_seconds))
+    console.print(table)
+
+
+def sqlserver_result(console: Console, result: dict[str, Any]) -> None:
+    """A SQL Server migration's result: where the database is, the LSN proof, what to look at next."""
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="dim")
+    table.add_column(overflow="fold")
+    table.add_row("result", Text(str(result.get("state")), style="bold green"))
+    table.add_row("database", f"[{result.get('database')}] on {result.get('target')}")
+    proof = "holds" if result.get("lsn_proof") else "FAILED"
+    table.add_row(
+        "LSN proof",
+        f"{proof}: restore history ends at {result.get('restored_last_lsn')}, "
+        f"LastLSN of '{result.get('last_backup')}' is {result.get('expected_last_lsn')}",
+    )
+    if result.get("stop_at"):
+        table.add_row("stopped at", str(result["stop_at"]))
+    table.add_row("downtime", duration(result.get("downtime_seconds")))
+    table.add_row("compatibility level", str(result.get("compatibility_level") or "-"))
+    table.add_row("owner", str(result.get("owner") or "-"))
+    orphans = result.get("orphaned_users")
+    table.add_row(
+        "orphaned users",
+        "not checked (the target did not answer)" if orphans is None else (", ".join(orphans) or "none"),
+    )
+    checkdb = result.get("checkdb")
+    table.add_row(
+        "DBCC CHECKDB", "not run" if checkdb is None else ("clean" if checkdb == "clean" else str(checkdb))
+    )
+    for logical, path in (result.get("moves") or {}).items():
+        table.add_row("file", f"{logical} -> {path}")
     console.print(table)
 
 
@@ -336,7 +368,13 @@ def backup_sets(sets: list[dict[str, Any]]) -> Table:
     table = Table(title="Backup sets", title_justify="left", box=None, padding=(0, 2, 0, 0))
     for col in ("Set", "Kind", "File", "Status", "Reason"):
         table.add_column(col, overflow="fold")
-    style = {"restored": "green", "restoring": "bold", "skipped": "yellow", "arrived": "dim"}
+    style = {
+        "restored": "green",
+        "restoring": "bold",
+        "skipped": "yellow",
+        "arrived": "dim",
+        "held": "yellow",
+    }
     for s in sets:
         files = s.get("files") or [{}]
         for i, f in enumerate(files):
@@ -345,7 +383,7 @@ def backup_sets(sets: list[dict[str, Any]]) -> Table:
                 str(s.get("name", "")) if i == 0 else "",
                 str(s.get("kind", "")) if i == 0 else "",
                 str(f.get("name") or ""),
-                Text(file_status, style=style.get(file_status, "")),
+                Text(file_status, style=style.get(file_status.lower(), "")),
                 str(f.get("reason") or ""),
             )
     return table

@@ -80,6 +80,9 @@ class MigrationJob:
     last_backup: str | None = None  # offline: stop after this backup file is restored
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     port: int | None = None  # PostgreSQL: the target server's port (None: one is chosen)
+    target_database: str | None = None  # SQL Server: the name on the target (None: the source's name)
+    stop_at: str | None = None  # restore to this point: an ISO 8601 time or "lsn:<n>" (None: the end)
+    options: Mapping[str, Any] = field(default_factory=dict)  # engine settings of this migration only
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class Migration:
         if prepared.needs_full:
             rep.emit(State.RESTORING_FULL, phase="restoring the full backup", bytes_total=prepared.size)
             steps.restore_full(job, prepared, ctx)
-        rep.emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
+        rep.emit(State.RESTORING_LOGS, phase="following the log backups", current_file=None)
         ask = self.cutover if job.online else (lambda: None)
         request = steps.follow_logs(job, prepared, _Ask(ask), ctx).request
         done = steps.cut_over(job, prepared, request, ctx)

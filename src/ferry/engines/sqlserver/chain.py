@@ -31,10 +31,12 @@ from ferry.engines.sqlserver.stripes import (
 __all__ = [
     "Chain",
     "ChainStep",
+    "Continuation",
     "DatabaseKey",
     "LogicalBackup",
     "RestorableRange",
     "StopPoint",
+    "continue_chain",
     "group_by_database",
     "merge_stripes",
     "restorable_range",
@@ -161,7 +163,45 @@ def _walk(
     # The fork a data backup leaves the restore on is read like a log's: at its LastLSN. A database created
     # by RESTORE carries the old fork in every header, but its backups lie beyond the fork point.
     pos = steps[-1].backup.last_lsn
-    forks = steps[-1].backup.forks_at(pos)
+    more = continue_chain(logs, pos, steps[-1].backup.forks_at(pos), goal)
+    steps.extend(more.steps)
+    if more.incomplete is not None:
+        findings.append(
+            Finding(
+                "stripes-incomplete",
+                Severity.ERROR,
+                f"log backup of database {label} {_stripes_text(more.incomplete)}; the restore stops "
+                f"before it, at LSN {more.position}",
+                _HINT_STRIPES,
+                more.incomplete.files,
+            )
+        )
+    elif more.after_gap is not None:
+        findings.append(_gap(label, steps[-1].backup, more.after_gap))
+    return _Attempt(tuple(steps), tuple(findings), more.reached)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The logs that follow a restore standing at `start`: `steps` to apply in order, and why they end."""
+
+    steps: tuple[ChainStep, ...]
+    position: int  # where the restore stands after the steps
+    forks: frozenset[UUID]
+    reached: bool = False  # the goal was met (always False without a goal)
+    incomplete: LogicalBackup | None = None  # the next log misses stripes: the chain stops before it
+    after_gap: LogicalBackup | None = None  # the next log on this fork, beyond missing LSNs
+
+
+def continue_chain(
+    logs: Sequence[LogicalBackup], start: int, forks: frozenset[UUID], goal: Goal | None = None
+) -> Continuation:
+    """The log backups a restore standing at LSN `start` on recovery fork(s) `forks` applies next, by
+    interval covering (module docstring). `logs` holds non-empty log backups sorted by FirstLSN. Used by
+    the planner after a full or differential backup, and by a migration following new logs from where
+    the target stands."""
+    pos = start
+    steps: list[ChainStep] = []
     # Positions only grow, so a log once behind stays behind: keep a small window of live candidates.
     active: list[LogicalBackup] = []
     i = 0
@@ -186,26 +226,14 @@ def _walk(
             ),
         )
         if not log.complete:
-            findings.append(
-                Finding(
-                    "stripes-incomplete",
-                    Severity.ERROR,
-                    f"log backup of database {label} {_stripes_text(log)}; the restore stops before it, "
-                    f"at LSN {pos}",
-                    _HINT_STRIPES,
-                    log.files,
-                )
-            )
-            return _Attempt(tuple(steps), tuple(findings), False)
+            return Continuation(tuple(steps), pos, forks, incomplete=log)
         stop = goal.stop_in(log) if goal is not None else None
         steps.append(ChainStep(StepKind.LOG, log, stop))
         if goal is not None and (stop is not None or goal.done_at(log)):
-            return _Attempt(tuple(steps), tuple(findings), True)
+            return Continuation(tuple(steps), log.last_lsn, forks, reached=True)
         pos, forks = log.last_lsn, log.forks_at(log.last_lsn) or forks
     after = next((log for log in logs[i:] if _same_line(log, forks)), None)
-    if after is not None:
-        findings.append(_gap(label, steps[-1].backup, after))
-    return _Attempt(tuple(steps), tuple(findings), False)
+    return Continuation(tuple(steps), pos, forks, after_gap=after)
 
 
 def _gap(label: str, before: LogicalBackup, after: LogicalBackup) -> Finding:

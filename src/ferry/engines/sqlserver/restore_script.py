@@ -226,6 +226,11 @@ def map_path(path: str, path_map: Sequence[tuple[str, str]]) -> Device:
     return Device(path)
 
 
+def chain_step(step: PlanStep, sets: Sequence[BackupSet]) -> ChainStep:
+    """The planned step with the headers the scan read for its files (a RESTORE statement needs them)."""
+    return _chain_step(step, sets)
+
+
 def _chain_step(step: PlanStep, sets: Sequence[BackupSet]) -> ChainStep:
     stripes = sorted(
         (s for s in sets if s.path in step.files and s.position == step.position),
