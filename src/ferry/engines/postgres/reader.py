@@ -348,6 +348,9 @@ def read_file(reader: RangeReader) -> list[PgFile]:
             if tarread.is_tar_header(inner[: tarread.BLOCK]) or not inner:
                 return [_read_tar(reader, kind)]  # a tar, or damage the tar reader names
             if not _sniff_plain(inner):
+                if len(inner) < tarread.BLOCK and reader.size <= len(head) and _cut_short(reader, kind):
+                    # Too little to tell a tar by: a stream cut short is damage, not another kind of file.
+                    raise _Problem(reader.size, f"unexpected end of data in the {kind} stream")
                 return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
             return [_read_compressed(reader, kind, inner)]
         header = parse_wal_header(head)
@@ -364,6 +367,18 @@ def read_file(reader: RangeReader) -> list[PgFile]:
         raise BackupFormatError(reader.key, exc.offset, exc.reason, _TAR_HINT) from None
     except _Problem as exc:
         raise BackupFormatError(reader.key, exc.offset, exc.reason, exc.hint) from None
+
+
+def _cut_short(reader: RangeReader, kind: Compression) -> bool:
+    """Whether a small compressed file ends before its stream does (read whole: callers check its size)."""
+    try:
+        for _ in compression.chunks(_Whole(reader), kind, _HEAD):
+            pass
+    except EOFError:
+        return True
+    except Exception:  # damaged rather than cut: not a file Ferry reads
+        return False
+    return False
 
 
 _TAR_HINT = (
