@@ -33,6 +33,7 @@ from typing import Any
 from ferry.core.errors import BackupFormatError
 from ferry.engines.postgres import compression, tarread
 from ferry.engines.postgres.tarread import Compression, Member, TarProblem
+from ferry.engines.postgres.timeline import HistoryEntry, HistoryProblem, looks_like_history, parse_history
 from ferry.engines.postgres.wal import (
     SegmentName,
     format_lsn,
@@ -57,7 +58,6 @@ _TEXT_LIMIT = 1024 * 1024  # history and label files are a few hundred bytes; a 
 _MANIFEST_LIMIT = 1024 * 1024 * 1024
 _TABLESPACE_SAMPLE = 16  # members of a tablespace tar compared with the manifest to link it to its backup
 _CONTROL_CAPTURE = 1024
-_HISTORY_LINE = re.compile(rb"^\s*(\d+)\s+([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})(?:\s+(.*?))?\s*$")
 _TABLESPACE_DIR = re.compile(r"^PG_\d+_\d+$")
 
 
@@ -111,13 +111,6 @@ class WalSegment:
     @property
     def name_mismatch(self) -> bool:
         return self.named_as is not None and self.named_as != self.header.segment
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    parent: int  # a timeline of the ancestry ...
-    switch_lsn: int  # ... and the LSN where its child began
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -278,24 +271,12 @@ def _sniff_plain(head: bytes) -> bool:
         parse_wal_header(head) is not None
         or _is_manifest(head)
         or head.startswith(LABEL_START)
-        or _is_history(head)
+        or looks_like_history(head)
     )
 
 
 def _is_manifest(head: bytes) -> bool:
     return head.lstrip()[:1] == b"{" and MANIFEST_KEY in head[:256]
-
-
-def _is_history(head: bytes) -> bool:
-    """Text whose first meaningful line is `<tli>\\t<X/Y>...` (comments and blank lines are allowed)."""
-    if b"\0" in head[:4096]:
-        return False
-    for raw in head[:4096].splitlines():
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        return bool(re.match(rb"^\d+\t[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}(\t|$)", line))
-    return False
 
 
 def parse_wal_header(data: bytes) -> WalHeader | None:
@@ -360,7 +341,7 @@ def read_file(reader: RangeReader) -> list[PgFile]:
             return [_read_manifest(reader)]
         if head.startswith(LABEL_START):
             return [_read_backup_history(reader)]
-        if _is_history(head):
+        if looks_like_history(head):
             return [_read_history(reader)]
         raise _Problem(0, "not a PostgreSQL backup file (no tar, WAL, manifest or history header)")
     except TarProblem as exc:
@@ -485,7 +466,10 @@ def _read_history(reader: RangeReader) -> TimelineHistory:
 
 
 def _history_from(key: str, text: str) -> TimelineHistory:
-    entries = parse_history(text)
+    try:
+        entries = parse_history(text)
+    except HistoryProblem as exc:
+        raise _Problem(exc.offset, exc.reason) from None
     name = compression.strip_suffix(basename(key))
     named = history_timeline(name[:8].upper() + name[8:])
     if named is not None:
@@ -500,28 +484,6 @@ def _history_from(key: str, text: str) -> TimelineHistory:
     # Content does not say which timeline the file opens; PostgreSQL names it. Without a usable name, the
     # next number after the newest ancestor is what PostgreSQL chooses unless other timelines exist.
     return TimelineHistory(key, entries[-1].parent + 1, entries, False)
-
-
-def parse_history(text: str) -> tuple[HistoryEntry, ...]:
-    """Lines `<parent tli>\\t<switch X/Y>\\t<reason>`, as readTimeLineHistory parses them."""
-    entries: list[HistoryEntry] = []
-    offset = 0
-    for raw in text.splitlines(keepends=True):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            m = _HISTORY_LINE.match(line.encode())
-            if not m:
-                raise _Problem(offset, f"timeline history line {line[:60]!r} is not '<tli> <X/Y> <reason>'")
-            tli, lsn = int(m.group(1)), parse_lsn(m.group(2).decode())
-            if entries and (tli <= entries[-1].parent or lsn < entries[-1].switch_lsn):
-                raise _Problem(offset, "timeline history entries are not in increasing order")
-            if tli == 0 or tli > 0xFFFFFFFF:
-                raise _Problem(offset, f"timeline {tli} in a history file is out of range")
-            entries.append(HistoryEntry(tli, lsn, (m.group(3) or b"").decode()))
-        offset += len(raw.encode())
-    if not entries:
-        raise _Problem(0, "timeline history file lists no timeline")
-    return tuple(entries)
 
 
 def _read_backup_history(reader: RangeReader) -> BackupHistoryFile:
