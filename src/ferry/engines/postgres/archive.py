@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ferry.core.errors import StoreError, UsageError
+from ferry.engines.postgres.fileops import copy_range, fsync_dir
 from ferry.engines.postgres.prefetch import (
     _PARTIAL_REASON,
     ABSENT_DIR,
@@ -143,38 +144,6 @@ def local_store_root(store_location: str) -> Path:
     )
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_fd(src: int, dst: int, size: int) -> int:
-    """Copy `size` bytes between two files in the kernel where it can (copy_file_range, no user-space
-    buffer; a reflink on file systems that have them), else by reads and writes. Returns bytes copied."""
-    done = 0
-    use_kernel = hasattr(os, "copy_file_range")
-    while done < size:
-        if use_kernel:
-            try:
-                n = os.copy_file_range(src, dst, min(size - done, 1 << 30), done, done)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                use_kernel = False
-                continue
-        else:
-            data = os.pread(src, min(size - done, COPY_CHUNK), done)
-            n = os.pwrite(dst, data, done) if data else 0
-        if n == 0:
-            break  # the source shrank under us: the caller's size check reports it
-        done += n
-    return done
-
-
 def _same_content(a: Path, b: Path) -> bool:
     try:
         with open(a, "rb") as fa, open(b, "rb") as fb:
@@ -239,7 +208,7 @@ def wal_push(segment_path: Path, store_location: str) -> PushResult:
             )
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
-            copied = _copy_fd(src, dst, size)
+            copied = copy_range(src, dst, size, 0, 0)
             os.fsync(dst)
             written = os.fstat(dst).st_size
         finally:
@@ -320,7 +289,7 @@ def _take_from_spool(path: Path, dest: Path) -> bool:
     try:
         with open(path, "rb") as src, open(tmp, "wb") as dst:
             size = os.fstat(src.fileno()).st_size
-            if _copy_fd(src.fileno(), dst.fileno(), size) != size:
+            if copy_range(src.fileno(), dst.fileno(), size, 0, 0) != size:
                 raise WalArchiveError(f"spool file '{path}' shrank while copied", "retry")
         os.rename(tmp, dest)
     except FileNotFoundError:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ferry.core.errors import FerryError, ObjectNotFound, UsageError
 from ferry.engines.postgres.cluster import OsUser
+from ferry.engines.postgres.fileops import write_file
 from ferry.engines.postgres.timeline import HistoryEntry, HistoryProblem, TimelinePath, parse_history
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, SegmentName, format_lsn, parse_segment_name
 from ferry.engines.postgres.walstore import WalArchiveError, WalIndex, fetch_to, is_segment_size, read_text
@@ -666,7 +667,4 @@ class Prefetcher:
 
 def _write_marker(path: Path, text: str) -> None:
     """Markers are read by the server's OS user: world-readable, written whole by a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    write_file(path, text.encode(), mode=0o644, durable=False)

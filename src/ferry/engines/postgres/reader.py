@@ -324,7 +324,7 @@ def read_file(reader: RangeReader) -> list[PgFile]:
         kind = tarread.compression_of(head)
         if kind is not Compression.NONE:
             inner = tarread.decompressed_head(head, _HEAD) or compression.head_of(
-                _Whole(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
+                compression.Sequential(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
             )
             if tarread.is_tar_header(inner[: tarread.BLOCK]) or not inner:
                 return [_read_tar(reader, kind)]  # a tar, or damage the tar reader names
@@ -353,7 +353,7 @@ def read_file(reader: RangeReader) -> list[PgFile]:
 def _cut_short(reader: RangeReader, kind: Compression) -> bool:
     """Whether a small compressed file ends before its stream does (read whole: callers check its size)."""
     try:
-        for _ in compression.chunks(_Whole(reader), kind, _HEAD):
+        for _ in compression.chunks(compression.Sequential(reader), kind, _HEAD):
             pass
     except EOFError:
         return True
@@ -425,7 +425,7 @@ def _read_compressed(reader: RangeReader, kind: Compression, inner: bytes) -> Pg
     if reader.size > _TEXT_LIMIT:
         raise _Problem(0, f"{kind} file of {reader.size} bytes is too large to be a history file")
     try:
-        text = b"".join(compression.chunks(_Whole(reader), kind)).decode("utf-8")
+        text = b"".join(compression.chunks(compression.Sequential(reader), kind)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Problem(exc.start, "history file is not UTF-8 text") from None
     except EOFError:
@@ -435,18 +435,6 @@ def _read_compressed(reader: RangeReader, kind: Compression, inner: bytes) -> Pg
     if inner.startswith(LABEL_START):
         return BackupHistoryFile(reader.key, parse_label(text))
     return _history_from(reader.key, text)
-
-
-class _Whole:
-    """A small store object read front to back (for the decompressors)."""
-
-    def __init__(self, reader: RangeReader) -> None:
-        self.reader, self.pos = reader, 0
-
-    def read(self, n: int = -1, /) -> bytes:
-        data = self.reader.read(self.pos, self.reader.size - self.pos if n < 0 else n)
-        self.pos += len(data)
-        return data
 
 
 def _read_text(reader: RangeReader, what: str) -> str:
