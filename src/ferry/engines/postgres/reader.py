@@ -576,10 +576,19 @@ def _read_manifest(reader: RangeReader) -> BackupManifest:
     data = reader.read(0, reader.size)
     if len(data) < reader.size:
         raise _Problem(len(data), "unexpected end of data")
-    return parse_manifest(reader.key, data)
+    return _parse_manifest(reader.key, data)
 
 
 def parse_manifest(key: str, data: bytes) -> BackupManifest:
+    """A `backup_manifest` already in memory (`key` names it in errors): BackupFormatError when it cannot be
+    used. The scan and the restore's size check read manifests through here."""
+    try:
+        return _parse_manifest(key, data)
+    except _Problem as exc:
+        raise BackupFormatError(key, exc.offset, exc.reason, exc.hint) from None
+
+
+def _parse_manifest(key: str, data: bytes) -> BackupManifest:
     try:
         doc = json.loads(data)
     except UnicodeDecodeError as exc:
@@ -616,7 +625,8 @@ def _check_manifest_checksum(data: bytes, doc: dict[str, Any]) -> None:
     if stored is None:
         raise _Problem(len(data), "backup manifest has no Manifest-Checksum")
     at = data.rfind(b'"Manifest-Checksum"')
-    if not isinstance(stored, str) or at < 0 or hashlib.sha256(data[:at]).hexdigest() != stored.lower():
+    covered = data[: data.rfind(b"\n", 0, at) + 1]  # every line before the checksum's (parse_manifest.c)
+    if not isinstance(stored, str) or at < 0 or hashlib.sha256(covered).hexdigest() != stored.lower():
         raise _Problem(
             max(at, 0),
             "backup manifest checksum does not match its content",
