@@ -31,6 +31,7 @@ from typing import Protocol
 from ferry.core.errors import FerryError
 from ferry.engines.postgres import compression, fileops
 from ferry.engines.postgres.compression import Compression, compression_of, decompressed_head
+from ferry.engines.postgres.damage import Damage
 from ferry.stores.base import RangeReader
 
 __all__ = [
@@ -57,17 +58,9 @@ _TRAILER_LIMIT = 64 * 1024  # decompressed bytes after the end-of-archive marker
 _LONG_META_LIMIT = 1024 * 1024  # a GNU long name or pax header longer than this is damage, not a name
 
 
-class TarProblem(Exception):
-    """Damage at a byte offset of the stored file (compressed offset for compressed archives)."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(reason)
-        self.offset = offset
-        self.reason = reason
-
-    @property
-    def truncated(self) -> bool:
-        return self.reason.startswith("unexpected end of data")
+class TarProblem(Damage):
+    """Damage in a tar archive, at an offset of the stored file (compressed offset for compressed
+    archives)."""
 
 
 def is_tar_header(block: bytes) -> bool:

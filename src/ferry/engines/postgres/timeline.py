@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from ferry.engines.postgres.damage import Damage
 from ferry.engines.postgres.wal import format_lsn, parse_lsn
 
 __all__ = ["HistoryEntry", "HistoryProblem", "Span", "TimelinePath", "looks_like_history", "parse_history"]
@@ -30,14 +31,9 @@ _FIRST_LINE = re.compile(rb"^\d+\t[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}(\t|$)")
 _MAX_TIMELINE = 0xFFFFFFFF
 
 
-class HistoryProblem(Exception):
+class HistoryProblem(Damage):
     """A history file that cannot be read, at a byte offset of its text. The caller names the file (as a
     BackupFormatError when scanning, a WalArchiveError when fetching)."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(reason)
-        self.offset = offset
-        self.reason = reason
 
 
 @dataclass(frozen=True)

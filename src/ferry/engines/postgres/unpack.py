@@ -32,7 +32,7 @@ from ferry.core.errors import BackupFormatError, FerryError, UsageError
 from ferry.engines.postgres import compression, tarread
 from ferry.engines.postgres.cluster import OsUser
 from ferry.engines.postgres.compression import Compression
-from ferry.engines.postgres.reader import parse_manifest
+from ferry.engines.postgres.manifest import parse_manifest
 from ferry.engines.postgres.targetdir import TargetError
 from ferry.engines.postgres.tarread import RangedSource, StreamSource, TarProblem
 from ferry.stores.base import RangeReader
@@ -433,8 +433,8 @@ def _check_link(target: str, archive: str, entry: str) -> None:
 
 
 def manifest_sizes(data: bytes) -> dict[str, int]:
-    """Path -> size of every file in a `backup_manifest`, read as the scan reads it (its own SHA-256
-    checked)."""
+    """Path -> size of every file in a `backup_manifest`, read as the scan reads it (manifest.py: its own
+    SHA-256 checked)."""
     try:
         manifest = parse_manifest("backup_manifest", data)
     except BackupFormatError as exc:
