@@ -36,6 +36,7 @@ from ferry.engines.postgres.manifest import parse_manifest
 from ferry.engines.postgres.targetdir import TargetError
 from ferry.engines.postgres.tarread import RangedSource, StreamSource, TarProblem
 from ferry.stores.base import RangeReader
+from ferry.stores.local import LocalFileReader
 
 CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY = 1024 * 1024
@@ -84,43 +85,6 @@ ProgressCallback = Callable[[ExtractProgress], None]
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-class _LocalFile:
-    """An archive given by path: a RangeReader over its descriptor, which also serves kernel copies."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot open base backup archive '{path}': {exc.strerror}", "check the path"
-            ) from None
-        self._key = path.name
-        self._size = os.fstat(self.fd).st_size
-        self._read = 0
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def bytes_read(self) -> int:
-        return self._read
-
-    def read(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, offset)
-        self._read += len(data)
-        return data
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 @dataclass
 class Archive:
     """One archive of the base backup: where it goes (`kind`), how to read it, how it is compressed."""
@@ -129,6 +93,7 @@ class Archive:
     kind: str  # "base", "pg_wal" or a tablespace OID
     reader: RangeReader
     compression: Compression
+    fd: int | None = None  # a local file's own descriptor, for kernel copies
 
     @property
     def size(self) -> int:
@@ -140,6 +105,9 @@ class Archive:
 
     def close(self) -> None:
         self.reader.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def open_archives(items: Sequence[TarInput]) -> list[Archive]:
@@ -148,8 +116,7 @@ def open_archives(items: Sequence[TarInput]) -> list[Archive]:
     opened: list[Archive] = []
     try:
         for item in items:
-            reader: RangeReader = _LocalFile(Path(item)) if isinstance(item, str | Path) else item
-            opened.append(_archive(reader))
+            opened.append(_open_path(Path(item)) if isinstance(item, str | Path) else _archive(item))
     except BaseException:
         for archive in opened:
             archive.close()
@@ -164,7 +131,23 @@ def open_archives(items: Sequence[TarInput]) -> list[Archive]:
     return opened
 
 
-def _archive(reader: RangeReader) -> Archive:
+def _open_path(path: Path) -> Archive:
+    """An archive given by path: read through a store reader, with a descriptor of its own for the kernel
+    copies of a plain tar's file data."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot open base backup archive '{path}': {exc.strerror}", "check the path"
+        ) from None
+    try:
+        return _archive(LocalFileReader(path.name, path), fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _archive(reader: RangeReader, fd: int | None = None) -> Archive:
     name = reader.key.rsplit("/", 1)[-1]
     m = _ARCHIVE_NAME.match(name)
     if not m:
@@ -174,7 +157,7 @@ def _archive(reader: RangeReader) -> Archive:
             ".gz/.lz4/.zst)",
             "give the files pg_basebackup wrote, under their names",
         )
-    return Archive(name, m.group(1), reader, compression.compression_of(reader.read(0, 4)))
+    return Archive(name, m.group(1), reader, compression.compression_of(reader.read(0, 4)), fd)
 
 
 # -- the decompressing thread ---------------------------------------------------------------------
@@ -237,8 +220,8 @@ def _source(archive: Archive) -> tuple[RangedSource | StreamSource, Callable[[],
     time, file data copied in the kernel. Anything else streams through the decompressing thread (for a
     plain archive in a store too: its reads then overlap the writes)."""
     reader = archive.reader
-    if archive.compression is Compression.NONE and isinstance(reader, _LocalFile):
-        return RangedSource(reader, fd=reader.fd, window=tarread.BLOCK), lambda: None
+    if archive.compression is Compression.NONE and archive.fd is not None:
+        return RangedSource(reader, fd=archive.fd, window=tarread.BLOCK), lambda: None
     raw = compression.Sequential(reader)
     chunks = _Decompressing(compression.chunks(raw, archive.compression, CHUNK), archive.name)
     return StreamSource(chunks, raw, archive.compression), chunks.close
