@@ -56,6 +56,8 @@ _STREAM_CHUNK = 1024 * 1024  # compressed bytes read, and decompressed bytes pro
 _COPY_CHUNK = 4 * 1024 * 1024  # bytes per read and write when the kernel cannot copy
 _TRAILER_LIMIT = 64 * 1024  # decompressed bytes after the end-of-archive marker worth reading to the end
 _LONG_META_LIMIT = 1024 * 1024  # a GNU long name or pax header longer than this is damage, not a name
+_OCTAL = re.compile(rb"[0-7]+")
+_PAX_LENGTH = re.compile(rb"(\d+) ")
 
 
 class TarProblem(Damage):
@@ -72,6 +74,7 @@ _KINDS = {
     b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink",
     b"3": "chardev", b"4": "blockdev", b"6": "fifo",
 }  # fmt: skip
+_LINKS = ("symlink", "hardlink")
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def _number(field: bytes, offset: int, what: str) -> int:
     text = field.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not re.fullmatch(rb"[0-7]+", text):
+    if not _OCTAL.fullmatch(text):
         raise TarProblem(offset, f"tar header field {what} is not a number ({text[:12]!r})")
     return int(text, 8)
 
@@ -288,7 +291,7 @@ def _pax_records(data: bytes, offset: int) -> dict[str, str]:
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data):
-        m = re.match(rb"(\d+) ", data[pos:])
+        m = _PAX_LENGTH.match(data, pos)
         if not m:
             if not data[pos:].strip(b"\0"):
                 break
@@ -369,16 +372,16 @@ def members(source: Source) -> Iterator[Member]:
             prefix = _text(block[345:500]) if block[257:263] == b"ustar\x00" else ""
             if prefix:  # POSIX ustar only: GNU tar uses these bytes for other fields
                 name = f"{prefix}/{name}"
-        link = pax.get("linkpath") or long_link or _text(block[157:257])
         if "size" in pax:
             if not pax["size"].isdigit():
                 raise TarProblem(source.locate(data_at), "pax size is not a number")
             size = int(pax["size"])
+        kind = _KINDS.get(flag, "other")
+        link = (pax.get("linkpath") or long_link or _text(block[157:257])) if kind in _LINKS else ""
         long_name = long_link = None
         pax = {}
         while name.startswith("./"):
             name = name[2:]
-        kind = _KINDS.get(flag, "other")
         if kind not in ("file", "other"):
             size = 0  # no data follows these headers, whatever their size field says
         if kind == "dir":
