@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
 from posixpath import dirname
 from typing import TypeVar
 
@@ -38,6 +37,7 @@ from ferry.engines.postgres.reader import (
     WalTar,
     manifest_matches,
 )
+from ferry.engines.postgres.timeline import TimelinePath
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, SegmentName, format_lsn
 
 _LISTED = 6  # names spelled out in a message before "and N more"
@@ -497,56 +497,32 @@ def _orphans(
 # -- timelines ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Span:
-    """A stretch of a timeline path: `timeline` from `begin_lsn` until `end_lsn` (None: open-ended)."""
-
-    timeline: int
-    begin_lsn: int
-    end_lsn: int | None
-
-
-def timeline_path(target: int, source: Source) -> tuple[Span, ...]:
-    """The path to `target` from its history file, oldest first. Without one (timeline 1, or a history file
-    that is missing), PostgreSQL assumes the timeline has no parents, and so does Ferry."""
+def timeline_path(target: int, source: Source) -> TimelinePath:
+    """The path to `target` from its history file. Without one (timeline 1, or a history file that is
+    missing), PostgreSQL assumes the timeline has no parents, and so does Ferry."""
     history = source.history(target)
-    if history is None:
-        return (Span(target, 0, None),)
-    spans = []
-    begin = 0
-    for e in history.entries:
-        spans.append(Span(e.parent, begin, e.switch_lsn))
-        begin = e.switch_lsn
-    spans.append(Span(target, begin, None))
-    return tuple(spans)
+    return TimelinePath.of(target, history.entries if history is not None else ())
 
 
-def timeline_for(path: Sequence[Span], segno: int, segment_size: int) -> int:
+def timeline_for(path: TimelinePath, segno: int, segment_size: int) -> int:
     """The timeline recovery reads segment `segno` from: the newest on the path that had begun by then."""
-    for span in reversed(path):
-        if span.begin_lsn // segment_size <= segno:
-            return span.timeline
-    return path[0].timeline
+    return path.timeline_for(segno, segment_size)
 
 
-def _on_path(base: BaseBackup, path: Sequence[Span]) -> bool:
+def _on_path(base: BaseBackup, path: TimelinePath) -> bool:
     """The backup was taken on a timeline of the path, before that timeline's switch point: it must reach
     consistency before recovery moves on to the child timeline."""
-    for span in path:
-        if span.timeline == base.timeline:
-            return span.begin_lsn <= base.start_lsn and (
-                span.end_lsn is None or base.consistent_at <= span.end_lsn
-            )
-    return False
-
-
-def describe_path(path: Sequence[Span]) -> str:
-    if len(path) == 1:
-        return f"timeline {path[0].timeline}"
-    hops = " -> ".join(
-        f"{s.timeline}" + (f" (until {format_lsn(s.end_lsn)})" if s.end_lsn is not None else "") for s in path
+    span = path.span(base.timeline)
+    return (
+        span is not None
+        and span.begin_lsn <= base.start_lsn
+        and (span.end_lsn is None or base.consistent_at <= span.end_lsn)
     )
-    return f"timelines {hops}"
+
+
+def describe_path(path: TimelinePath) -> str:
+    """`timeline 1`, or `timelines 1 (until 0/5000000) -> 2`: the catalog shows it."""
+    return path.describe()
 
 
 # -- walking ------------------------------------------------------------------------------------------
@@ -571,7 +547,7 @@ class Run:
 @dataclass(frozen=True)
 class Walk:
     base: BaseBackup
-    path: tuple[Span, ...]
+    path: TimelinePath
     runs: tuple[Run, ...]
     last_segno: int  # the last segment recovery can read (start segment - 1 if none)
     missing: SegmentName | None  # the segment where recovery stops for want of a file
@@ -585,10 +561,10 @@ class Walk:
 
     @property
     def target_timeline(self) -> int:
-        return self.path[-1].timeline
+        return self.path.target
 
 
-def walk(base: BaseBackup, path: tuple[Span, ...], source: Source, goal_lsn: int | None = None) -> Walk:
+def walk(base: BaseBackup, path: TimelinePath, source: Source, goal_lsn: int | None = None) -> Walk:
     """Recovery from `base` along `path`: segment after segment, archive copies first (recovery asks
     restore_command before looking in pg_wal), then the WAL shipped inside the backup. With `goal_lsn`
     (recovery_target_lsn) it stops after the segment that holds the goal."""
@@ -603,7 +579,7 @@ def walk(base: BaseBackup, path: tuple[Span, ...], source: Source, goal_lsn: int
     s = start
     missing: SegmentName | None = None
     while goal_seg is None or s <= goal_seg:
-        name = SegmentName(timeline_for(path, s, size), s)
+        name = SegmentName(path.timeline_for(s, size), s)
         seg = files.get(name)
         if seg is None and name not in embedded:
             missing = name
@@ -638,7 +614,7 @@ def later_on_path(w: Walk, source: Source) -> WalSegment | None:
         seg
         for seg in source.segments
         if seg.header.segno > w.missing.segno
-        and seg.header.timeline == timeline_for(w.path, seg.header.segno, size)
+        and seg.header.timeline == w.path.timeline_for(seg.header.segno, size)
     ]
     return min(after, key=lambda seg: seg.header.segno, default=None)
 
@@ -674,14 +650,14 @@ class _Candidate:
         return self.walk.consistent and not self.walk.base.missing_tablespaces
 
 
-def best_target(base: BaseBackup, source: Source) -> tuple[Span, ...]:
+def best_target(base: BaseBackup, source: Source) -> TimelinePath:
     """recovery_target_timeline = 'latest', among the timelines this backup can reach: the newest whose
     path holds the backup."""
     for tli in sorted(source.timelines, reverse=True):
         path = timeline_path(tli, source)
         if _on_path(base, path):
             return path
-    return (Span(base.timeline, 0, None),)
+    return TimelinePath.of(base.timeline)
 
 
 def select_chain(source: Source, goal_lsn: int | None = None) -> Chain:
@@ -754,7 +730,7 @@ def _base_problems(w: Walk, source: Source) -> list[Finding]:
             (base.consistent_at - 1) // size if base.consistent_at > base.start_lsn else w.missing.segno
         )
         names = [
-            SegmentName(timeline_for(w.path, n, size), n).name(size)
+            SegmentName(w.path.timeline_for(n, size), n).name(size)
             for n in range(w.missing.segno, needed_end + 1)
         ]
         out.append(
@@ -813,7 +789,7 @@ def _gap(source: Source, w: Walk, after: WalSegment) -> Finding:
     assert w.missing is not None
     size = source.segment_size
     names = [
-        SegmentName(timeline_for(w.path, n, size), n).name(size)
+        SegmentName(w.path.timeline_for(n, size), n).name(size)
         for n in range(w.missing.segno, after.header.segno)
     ]
     before = w.runs[-1].segments[-1].key if w.runs else w.base.tar.key
@@ -833,7 +809,7 @@ def _off_path(source: Source, w: Walk) -> list[Finding]:
     """Segments the chain does not use because their timeline left the path: another branch, an ancestor
     that went on after its child began (an old primary that kept running), or a timeline whose history
     file is missing, so that Ferry cannot place it."""
-    spans = {s.timeline: s for s in w.path}
+    spans = {s.timeline: s for s in w.path.spans}
     off: dict[int, list[WalSegment]] = defaultdict(list)
     for seg in source.segments:
         h = seg.header
@@ -855,7 +831,7 @@ def _off_path(source: Source, w: Walk) -> list[Finding]:
                     Severity.WARNING,
                     f"{source.label} has {len(keys)} WAL segment(s) of timeline {tli} ({_names(keys)}) but "
                     f"no history file {tli:08X}.history: Ferry cannot tell where timeline {tli} branched "
-                    f"off, so the plan does not follow it; it follows {describe_path(w.path)}",
+                    f"off, so the plan does not follow it; it follows {w.path.describe()}",
                     f"copy {tli:08X}.history from the pg_wal folder of the server that created timeline "
                     f"{tli} into the store",
                     tuple(keys),
@@ -863,7 +839,7 @@ def _off_path(source: Source, w: Walk) -> list[Finding]:
             )
             continue
         why = (
-            f"timeline {tli} went on after timeline {_child_of(w.path, tli)} branched off at "
+            f"timeline {tli} went on after timeline {w.path.child_of(tli)} branched off at "
             f"{format_lsn(span.end_lsn)}"
             if span is not None and span.end_lsn is not None
             else f"timeline {tli} is not an ancestor of timeline {target}"
@@ -873,7 +849,7 @@ def _off_path(source: Source, w: Walk) -> list[Finding]:
                 "timeline-fork",
                 Severity.WARNING,
                 f"{source.label}: {len(keys)} WAL segment(s) of timeline {tli} ({_names(keys)}) are not "
-                f"used: {why}; the plan follows {describe_path(w.path)}",
+                f"used: {why}; the plan follows {w.path.describe()}",
                 "Ferry follows the newest timeline, as recovery_target_timeline = 'latest' does; if "
                 f"timeline {tli} is the one to restore (timeline {target} may come from a test restore "
                 f"that archived into this store), move timeline {target}'s segments and its history file "
@@ -884,19 +860,12 @@ def _off_path(source: Source, w: Walk) -> list[Finding]:
     return out
 
 
-def _child_of(path: Sequence[Span], tli: int) -> int:
-    for a, b in pairwise(path):
-        if a.timeline == tli:
-            return b.timeline
-    return tli
-
-
 def _unreachable(source: Source, goal_lsn: int, w: Walk | None) -> Finding:
     bases = sorted(source.bases, key=lambda b: b.consistent_at)
     if w is not None and w.consistent:
         reach = (
             f"its backups restore it to LSNs from {format_lsn(bases[0].consistent_at)} "
-            f"to {format_lsn(w.end_lsn)} on {describe_path(w.path)}"
+            f"to {format_lsn(w.end_lsn)} on {w.path.describe()}"
         )
         hint = "choose an LSN inside that range, or scan again once the WAL holding it is archived"
     elif bases:

@@ -79,6 +79,21 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+class Sequential:
+    """A store object read front to back, for the decompressors: `pos` is how far it has been read (the
+    compressed offset that progress and error messages report)."""
+
+    def __init__(self, reader: Ranged) -> None:
+        self.reader = reader
+        self.pos = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        left = self.reader.size - self.pos
+        data = self.reader.read(self.pos, left if n < 0 else min(n, left)) if left > 0 else b""
+        self.pos += len(data)
+        return data
+
+
 def compression_of(head: bytes) -> Compression:
     if head.startswith(GZIP_MAGIC):
         return Compression.GZIP

@@ -20,19 +20,28 @@ Every reader raises BackupFormatError(key, offset, reason) for damaged or trunca
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from posixpath import basename
-from typing import Any
 
 from ferry.core.errors import BackupFormatError
 from ferry.engines.postgres import compression, tarread
+from ferry.engines.postgres.damage import Damage
+from ferry.engines.postgres.manifest import (
+    CRC32C_TABLE,
+    MANIFEST_KEY,
+    BackupManifest,
+    ManifestFile,
+    WalRange,
+    crc32c,
+    is_manifest,
+    manifest_matches,
+    parse_manifest,
+)
 from ferry.engines.postgres.tarread import Compression, Member, TarProblem
+from ferry.engines.postgres.timeline import HistoryEntry, looks_like_history, parse_history
 from ferry.engines.postgres.wal import (
     SegmentName,
     format_lsn,
@@ -42,13 +51,44 @@ from ferry.engines.postgres.wal import (
 )
 from ferry.stores.base import RangeReader
 
+# Manifests (manifest.py), timeline histories (timeline.py) and the tar format (tarread.py) have modules of
+# their own; their values stay importable from here, beside the other files a scan reads.
+__all__ = [
+    "DEFAULT_LABEL",
+    "LABEL_START",
+    "MANIFEST_KEY",
+    "WAL_MAGIC",
+    "BackupHistoryFile",
+    "BackupLabel",
+    "BackupManifest",
+    "BaseBackupTar",
+    "HistoryEntry",
+    "ManifestFile",
+    "PgFile",
+    "TablespaceTar",
+    "TimelineHistory",
+    "UnknownTar",
+    "WalHeader",
+    "WalRange",
+    "WalSegment",
+    "WalTar",
+    "crc32c",
+    "manifest_matches",
+    "parse_control",
+    "parse_history",
+    "parse_label",
+    "parse_manifest",
+    "parse_wal_header",
+    "read_file",
+    "sniff",
+]
+
 # xlp_magic per major version (src/include/access/xlog_internal.h, XLOG_PAGE_MAGIC). A magic not listed
 # here but shaped like one (0xD0xx-0xD1xx) is still read as WAL, with the version unknown.
 WAL_MAGIC = {0xD097: 10, 0xD098: 11, 0xD101: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
 XLP_LONG_HEADER = 0x0002
 XLP_ALL_FLAGS = 0x0007
 LONG_HEADER_SIZE = 40
-MANIFEST_KEY = b'"PostgreSQL-Backup-Manifest-Version"'
 LABEL_START = b"START WAL LOCATION: "
 DEFAULT_LABEL = "pg_basebackup base backup"
 
@@ -57,7 +97,6 @@ _TEXT_LIMIT = 1024 * 1024  # history and label files are a few hundred bytes; a 
 _MANIFEST_LIMIT = 1024 * 1024 * 1024
 _TABLESPACE_SAMPLE = 16  # members of a tablespace tar compared with the manifest to link it to its backup
 _CONTROL_CAPTURE = 1024
-_HISTORY_LINE = re.compile(rb"^\s*(\d+)\s+([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})(?:\s+(.*?))?\s*$")
 _TABLESPACE_DIR = re.compile(r"^PG_\d+_\d+$")
 
 
@@ -114,13 +153,6 @@ class WalSegment:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    parent: int  # a timeline of the ancestry ...
-    switch_lsn: int  # ... and the LSN where its child began
-    reason: str = ""
-
-
-@dataclass(frozen=True)
 class TimelineHistory:
     """A timeline history file: the ancestry of `timeline`, oldest first."""
 
@@ -153,46 +185,6 @@ class BackupHistoryFile:
 
     key: str
     label: BackupLabel
-
-
-@dataclass(frozen=True)
-class WalRange:
-    timeline: int
-    start_lsn: int
-    end_lsn: int
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    path: str
-    size: int
-    checksum_algorithm: str | None = None
-    checksum: str | None = None
-
-
-@dataclass(frozen=True)
-class BackupManifest:
-    key: str
-    version: int
-    wal_ranges: tuple[WalRange, ...]
-    files: tuple[ManifestFile, ...]
-    system_identifier: int | None = None  # manifest version 2 (PostgreSQL 17) and later
-    size: int = 0
-
-    @property
-    def start_lsn(self) -> int:
-        return self.wal_ranges[0].start_lsn
-
-    @property
-    def end_lsn(self) -> int:
-        return self.wal_ranges[-1].end_lsn
-
-    @property
-    def timeline(self) -> int:
-        return self.wal_ranges[0].timeline
-
-    def file(self, path: str) -> ManifestFile | None:
-        return next((f for f in self.files if f.path == path), None)
 
 
 @dataclass(frozen=True)
@@ -276,26 +268,10 @@ def sniff(head: bytes) -> bool:
 def _sniff_plain(head: bytes) -> bool:
     return (
         parse_wal_header(head) is not None
-        or _is_manifest(head)
+        or is_manifest(head)
         or head.startswith(LABEL_START)
-        or _is_history(head)
+        or looks_like_history(head)
     )
-
-
-def _is_manifest(head: bytes) -> bool:
-    return head.lstrip()[:1] == b"{" and MANIFEST_KEY in head[:256]
-
-
-def _is_history(head: bytes) -> bool:
-    """Text whose first meaningful line is `<tli>\\t<X/Y>...` (comments and blank lines are allowed)."""
-    if b"\0" in head[:4096]:
-        return False
-    for raw in head[:4096].splitlines():
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        return bool(re.match(rb"^\d+\t[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}(\t|$)", line))
-    return False
 
 
 def parse_wal_header(data: bytes) -> WalHeader | None:
@@ -324,46 +300,53 @@ def _power_of_two(value: int, low: int, high: int) -> bool:
 # -- reading ------------------------------------------------------------------------------------------
 
 
-class _Problem(Exception):
-    def __init__(self, offset: int, reason: str, hint: str = "") -> None:
-        super().__init__(reason)
-        self.offset = offset
-        self.reason = reason
-        self.hint = hint
-
-
 def read_file(reader: RangeReader) -> list[PgFile]:
     """The PostgreSQL backup file in `reader` (a list of one, as the pipeline expects a list of sets)."""
     try:
         head = reader.read(0, _HEAD)
         if not head:
-            raise _Problem(0, "unexpected end of data: the file is empty")
+            raise Damage(0, "unexpected end of data: the file is empty")
         if tarread.is_tar_header(head[: tarread.BLOCK]):
             return [_read_tar(reader, Compression.NONE)]
         kind = tarread.compression_of(head)
         if kind is not Compression.NONE:
             inner = tarread.decompressed_head(head, _HEAD) or compression.head_of(
-                _Whole(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
+                compression.Sequential(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
             )
-            if _sniff_plain(inner):
-                return [_read_compressed(reader, kind, inner)]
-            if tarread.is_tar_header(inner[: tarread.BLOCK]) or len(inner) < tarread.BLOCK:
-                return [_read_tar(reader, kind)]  # a tar, or one cut short: the tar reader names the damage
-            return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
+            if tarread.is_tar_header(inner[: tarread.BLOCK]) or not inner:
+                return [_read_tar(reader, kind)]  # a tar, or damage the tar reader names
+            if not _sniff_plain(inner):
+                if len(inner) < tarread.BLOCK and reader.size <= len(head) and _cut_short(reader, kind):
+                    # Too little to tell a tar by: a stream cut short is damage, not another kind of file.
+                    raise Damage(reader.size, f"unexpected end of data in the {kind} stream")
+                return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
+            return [_read_compressed(reader, kind, inner)]
         header = parse_wal_header(head)
         if header is not None:
             return [_read_segment(reader, header)]
-        if _is_manifest(head):
+        if is_manifest(head):
             return [_read_manifest(reader)]
         if head.startswith(LABEL_START):
             return [_read_backup_history(reader)]
-        if _is_history(head):
+        if looks_like_history(head):
             return [_read_history(reader)]
-        raise _Problem(0, "not a PostgreSQL backup file (no tar, WAL, manifest or history header)")
+        raise Damage(0, "not a PostgreSQL backup file (no tar, WAL, manifest or history header)")
     except TarProblem as exc:
         raise BackupFormatError(reader.key, exc.offset, exc.reason, _TAR_HINT) from None
-    except _Problem as exc:
+    except Damage as exc:
         raise BackupFormatError(reader.key, exc.offset, exc.reason, exc.hint) from None
+
+
+def _cut_short(reader: RangeReader, kind: Compression) -> bool:
+    """Whether a small compressed file ends before its stream does (read whole: callers check its size)."""
+    try:
+        for _ in compression.chunks(compression.Sequential(reader), kind, _HEAD):
+            pass
+    except EOFError:
+        return True
+    except Exception:  # damaged rather than cut: not a file Ferry reads
+        return False
+    return False
 
 
 _TAR_HINT = (
@@ -380,14 +363,14 @@ def _read_segment(reader: RangeReader, header: WalHeader, compressed: bool = Fal
     if compressed:
         pass  # the stored size is the compressed one: _read_compressed checked what the format records
     elif reader.size < header.segment_size:
-        raise _Problem(
+        raise Damage(
             reader.size,
             f"unexpected end of data: WAL segment {header.name} ends early (its header gives a segment "
             f"size of {header.segment_size} bytes)",
             _WAL_HINT,
         )
     if reader.size > header.segment_size:
-        raise _Problem(
+        raise Damage(
             header.segment_size,
             f"file is {reader.size} bytes, longer than the {header.segment_size}-byte WAL segment its "
             "header describes",
@@ -412,7 +395,7 @@ def _read_compressed(reader: RangeReader, kind: Compression, inner: bytes) -> Pg
     if header is not None:
         size = compression.content_size(reader, kind)
         if size is not None and size != header.segment_size:
-            raise _Problem(
+            raise Damage(
                 reader.size,
                 f"{kind} file holds {size} bytes, not the {header.segment_size}-byte WAL segment its header "
                 "describes",
@@ -420,49 +403,37 @@ def _read_compressed(reader: RangeReader, kind: Compression, inner: bytes) -> Pg
             )
         segment = _read_segment(reader, header, compressed=True)
         return replace(segment, compression=kind.value)
-    if _is_manifest(inner):
-        raise _Problem(
+    if is_manifest(inner):
+        raise Damage(
             0,
             f"a {kind}-compressed backup manifest is not read",
             "decompress it next to its base backup (pg_basebackup writes backup_manifest uncompressed)",
         )
     if reader.size > _TEXT_LIMIT:
-        raise _Problem(0, f"{kind} file of {reader.size} bytes is too large to be a history file")
+        raise Damage(0, f"{kind} file of {reader.size} bytes is too large to be a history file")
     try:
-        text = b"".join(compression.chunks(_Whole(reader), kind)).decode("utf-8")
+        text = b"".join(compression.chunks(compression.Sequential(reader), kind)).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Problem(exc.start, "history file is not UTF-8 text") from None
+        raise Damage(exc.start, "history file is not UTF-8 text") from None
     except EOFError:
-        raise _Problem(reader.size, f"unexpected end of data in the {kind} stream") from None
+        raise Damage(reader.size, f"unexpected end of data in the {kind} stream") from None
     except Exception as exc:  # the codecs' errors have no common base
-        raise _Problem(0, f"damaged {kind} data ({exc})") from None
+        raise Damage(0, f"damaged {kind} data ({exc})") from None
     if inner.startswith(LABEL_START):
         return BackupHistoryFile(reader.key, parse_label(text))
     return _history_from(reader.key, text)
 
 
-class _Whole:
-    """A small store object read front to back (for the decompressors)."""
-
-    def __init__(self, reader: RangeReader) -> None:
-        self.reader, self.pos = reader, 0
-
-    def read(self, n: int = -1, /) -> bytes:
-        data = self.reader.read(self.pos, self.reader.size - self.pos if n < 0 else n)
-        self.pos += len(data)
-        return data
-
-
 def _read_text(reader: RangeReader, what: str) -> str:
     if reader.size > _TEXT_LIMIT:
-        raise _Problem(0, f"{what} of {reader.size} bytes is too large to be one")
+        raise Damage(0, f"{what} of {reader.size} bytes is too large to be one")
     data = reader.read(0, reader.size)
     if len(data) < reader.size:
-        raise _Problem(len(data), "unexpected end of data")
+        raise Damage(len(data), "unexpected end of data")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Problem(exc.start, f"{what} is not UTF-8 text") from None
+        raise Damage(exc.start, f"{what} is not UTF-8 text") from None
 
 
 def _read_history(reader: RangeReader) -> TimelineHistory:
@@ -475,7 +446,7 @@ def _history_from(key: str, text: str) -> TimelineHistory:
     named = history_timeline(name[:8].upper() + name[8:])
     if named is not None:
         if entries and named <= entries[-1].parent:
-            raise _Problem(
+            raise Damage(
                 0,
                 f"timeline history file is named for timeline {named} but lists timeline "
                 f"{entries[-1].parent} as an ancestor",
@@ -485,28 +456,6 @@ def _history_from(key: str, text: str) -> TimelineHistory:
     # Content does not say which timeline the file opens; PostgreSQL names it. Without a usable name, the
     # next number after the newest ancestor is what PostgreSQL chooses unless other timelines exist.
     return TimelineHistory(key, entries[-1].parent + 1, entries, False)
-
-
-def parse_history(text: str) -> tuple[HistoryEntry, ...]:
-    """Lines `<parent tli>\\t<switch X/Y>\\t<reason>`, as readTimeLineHistory parses them."""
-    entries: list[HistoryEntry] = []
-    offset = 0
-    for raw in text.splitlines(keepends=True):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            m = _HISTORY_LINE.match(line.encode())
-            if not m:
-                raise _Problem(offset, f"timeline history line {line[:60]!r} is not '<tli> <X/Y> <reason>'")
-            tli, lsn = int(m.group(1)), parse_lsn(m.group(2).decode())
-            if entries and (tli <= entries[-1].parent or lsn < entries[-1].switch_lsn):
-                raise _Problem(offset, "timeline history entries are not in increasing order")
-            if tli == 0 or tli > 0xFFFFFFFF:
-                raise _Problem(offset, f"timeline {tli} in a history file is out of range")
-            entries.append(HistoryEntry(tli, lsn, (m.group(3) or b"").decode()))
-        offset += len(raw.encode())
-    if not entries:
-        raise _Problem(0, "timeline history file lists no timeline")
-    return tuple(entries)
 
 
 def _read_backup_history(reader: RangeReader) -> BackupHistoryFile:
@@ -530,7 +479,7 @@ def parse_label(text: str) -> BackupLabel:
     timeline = _label_int(values, "START TIMELINE")
     if timeline is None:  # before PostgreSQL 11 the timeline is only in the file name
         if not start_file:
-            raise _Problem(0, "backup label has neither START TIMELINE nor a segment file name")
+            raise Damage(0, "backup label has neither START TIMELINE nor a segment file name")
         timeline = int(start_file[:8], 16)
     if start_file:
         _check_label_file(start, timeline, start_file)
@@ -553,11 +502,11 @@ def _label_lsn(values: dict[str, str], key: str, required: bool = False) -> tupl
     raw = values.get(key)
     if raw is None:
         if required:
-            raise _Problem(0, f"backup label has no {key}")
+            raise Damage(0, f"backup label has no {key}")
         return None, ""
     m = _LABEL_LSN.match(raw)
     if not m:
-        raise _Problem(0, f"backup label {key} {raw[:60]!r} is not 'X/Y (file NAME)'")
+        raise Damage(0, f"backup label {key} {raw[:60]!r} is not 'X/Y (file NAME)'")
     return parse_lsn(m.group(1)), m.group(2) or ""
 
 
@@ -566,7 +515,7 @@ def _label_int(values: dict[str, str], key: str) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit() or not 0 < int(raw) <= 0xFFFFFFFF:
-        raise _Problem(0, f"backup label {key} {raw[:20]!r} is not a timeline number")
+        raise Damage(0, f"backup label {key} {raw[:20]!r} is not a timeline number")
     return int(raw)
 
 
@@ -574,12 +523,12 @@ def _check_label_file(lsn: int, timeline: int, name: str) -> None:
     """The segment file named beside START WAL LOCATION must hold that LSN, on START TIMELINE, for some
     segment size: a cheap check that the label is not damaged."""
     if int(name[:8], 16) != timeline:
-        raise _Problem(0, f"backup label names segment {name} but START TIMELINE {timeline}")
+        raise Damage(0, f"backup label names segment {name} but START TIMELINE {timeline}")
     for shift in range(20, 31):
         seg = parse_segment_name(name.upper(), 1 << shift)
         if seg is not None and seg.segno == lsn >> shift:
             return
-    raise _Problem(0, f"backup label START WAL LOCATION {format_lsn(lsn)} is not in segment {name}")
+    raise Damage(0, f"backup label START WAL LOCATION {format_lsn(lsn)} is not in segment {name}")
 
 
 def _label_time(raw: str | None) -> datetime | None:
@@ -607,97 +556,11 @@ def _label_time(raw: str | None) -> datetime | None:
 
 def _read_manifest(reader: RangeReader) -> BackupManifest:
     if reader.size > _MANIFEST_LIMIT:
-        raise _Problem(0, f"backup manifest of {reader.size} bytes is too large")
+        raise Damage(0, f"backup manifest of {reader.size} bytes is too large")
     data = reader.read(0, reader.size)
     if len(data) < reader.size:
-        raise _Problem(len(data), "unexpected end of data")
+        raise Damage(len(data), "unexpected end of data")
     return parse_manifest(reader.key, data)
-
-
-def parse_manifest(key: str, data: bytes) -> BackupManifest:
-    try:
-        doc = json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise _Problem(exc.start, "backup manifest is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        offset = len(exc.doc[: exc.pos].encode("utf-8", "surrogatepass"))
-        # A whole manifest ends with the closing brace of its object; a cut one ends anywhere.
-        if offset >= len(data.rstrip()) - 1 or not data.rstrip().endswith(b"}"):
-            raise _Problem(
-                len(data), "unexpected end of data: the backup manifest's JSON is cut short"
-            ) from None
-        raise _Problem(offset, f"backup manifest is not valid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise _Problem(0, "backup manifest is not valid JSON (nested too deeply)") from None
-    if not isinstance(doc, dict):
-        raise _Problem(0, "backup manifest is not a JSON object")
-    _check_manifest_checksum(data, doc)
-    version = doc.get("PostgreSQL-Backup-Manifest-Version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _Problem(0, "backup manifest has no valid PostgreSQL-Backup-Manifest-Version")
-    ranges = tuple(_wal_range(r) for r in _list(doc, "WAL-Ranges"))
-    if not ranges:
-        raise _Problem(0, "backup manifest lists no WAL-Ranges")
-    files = tuple(_manifest_file(f) for f in _list(doc, "Files"))
-    sysid = doc.get("System-Identifier")
-    if sysid is not None and (not isinstance(sysid, int) or isinstance(sysid, bool)):
-        raise _Problem(0, "backup manifest System-Identifier is not a number")
-    return BackupManifest(key, version, ranges, files, sysid, len(data))
-
-
-def _check_manifest_checksum(data: bytes, doc: dict[str, Any]) -> None:
-    """The manifest ends with the SHA-256 of every byte before its "Manifest-Checksum" line."""
-    stored = doc.get("Manifest-Checksum")
-    if stored is None:
-        raise _Problem(len(data), "backup manifest has no Manifest-Checksum")
-    at = data.rfind(b'"Manifest-Checksum"')
-    if not isinstance(stored, str) or at < 0 or hashlib.sha256(data[:at]).hexdigest() != stored.lower():
-        raise _Problem(
-            max(at, 0),
-            "backup manifest checksum does not match its content",
-            "the manifest was changed or damaged after pg_basebackup wrote it: copy it again",
-        )
-
-
-def _list(doc: dict[str, Any], key: str) -> list[Any]:
-    value = doc.get(key)
-    if not isinstance(value, list):
-        raise _Problem(0, f"backup manifest has no {key} list")
-    return value
-
-
-def _wal_range(raw: Any) -> WalRange:
-    if not isinstance(raw, dict):
-        raise _Problem(0, "backup manifest WAL-Ranges entry is not an object")
-    tli = raw.get("Timeline")
-    start, end = raw.get("Start-LSN"), raw.get("End-LSN")
-    if not isinstance(tli, int) or not isinstance(start, str) or not isinstance(end, str) or tli < 1:
-        raise _Problem(0, "backup manifest WAL-Ranges entry lacks Timeline, Start-LSN or End-LSN")
-    try:
-        return WalRange(tli, parse_lsn(start), parse_lsn(end))
-    except ValueError as exc:
-        raise _Problem(0, f"backup manifest WAL-Ranges: {exc}") from None
-
-
-def _manifest_file(raw: Any) -> ManifestFile:
-    if not isinstance(raw, dict):
-        raise _Problem(0, "backup manifest Files entry is not an object")
-    path = raw.get("Path")
-    if path is None and isinstance(raw.get("Encoded-Path"), str):  # names that are not UTF-8, hex-encoded
-        try:
-            path = bytes.fromhex(raw["Encoded-Path"]).decode("utf-8", "surrogateescape")
-        except ValueError:
-            raise _Problem(0, "backup manifest Encoded-Path is not hexadecimal") from None
-    size = raw.get("Size")
-    if not isinstance(path, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _Problem(0, "backup manifest Files entry lacks Path or Size")
-    algorithm, checksum = raw.get("Checksum-Algorithm"), raw.get("Checksum")
-    return ManifestFile(
-        path,
-        size,
-        algorithm if isinstance(algorithm, str) else None,
-        checksum if isinstance(checksum, str) else None,
-    )
 
 
 # -- tars ---------------------------------------------------------------------------------------------
@@ -795,15 +658,13 @@ def _base_tar(reader: RangeReader, kind: Compression, scan: _TarScan, root: str)
     try:
         label = parse_label(label_raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise _Problem(0, "backup_label in the tar is not UTF-8 text") from None
+        raise Damage(0, "backup_label in the tar is not UTF-8 text") from None
     version_raw = scan.small.get(root + "PG_VERSION")
     if version_raw is None:
-        raise _Problem(
-            reader.size, "base backup tar has backup_label and global/pg_control but no PG_VERSION"
-        )
+        raise Damage(reader.size, "base backup tar has backup_label and global/pg_control but no PG_VERSION")
     version = version_raw.decode("ascii", "replace").strip()
     if not re.fullmatch(r"\d+(\.\d+)?", version):
-        raise _Problem(0, f"PG_VERSION in the tar holds {version[:20]!r}, not a version number")
+        raise Damage(0, f"PG_VERSION in the tar holds {version[:20]!r}, not a version number")
     sysid, control_version, catalog = parse_control(scan.small[root + "global/pg_control"])
     oids = _tablespace_oids(scan.small.get(root + "tablespace_map", b""))
     embedded = tuple(h for name, h in scan.wal if h.system_identifier == sysid and name.startswith(root))
@@ -829,15 +690,15 @@ def parse_control(data: bytes) -> tuple[int, int, int]:
     The file carries a CRC-32C of ControlFileData, stored right after it; its offset depends on the
     version, so Ferry looks for the 4-aligned position where the running CRC matches the stored value."""
     if len(data) < 64:
-        raise _Problem(0, f"global/pg_control in the tar is {len(data)} bytes, too short")
+        raise Damage(0, f"global/pg_control in the tar is {len(data)} bytes, too short")
     for order in ("<", ">"):
         sysid, control_version, catalog = struct.unpack_from(order + "QII", data, 0)
         if 800 <= control_version < 10000:
             break
     else:
-        raise _Problem(0, "global/pg_control has no plausible pg_control_version")
+        raise Damage(0, "global/pg_control has no plausible pg_control_version")
     if not _control_crc_found(data[:512], order):
-        raise _Problem(
+        raise Damage(
             0,
             "global/pg_control checksum does not match its content",
             "the base backup's pg_control is damaged: take a new base backup or copy this one again",
@@ -852,7 +713,7 @@ def _control_crc_found(data: bytes, order: str) -> bool:
             stored = int.from_bytes(data[i : i + 4], "little" if order == "<" else "big")
             if crc ^ 0xFFFFFFFF == stored:
                 return True
-        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        crc = CRC32C_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return False
 
 
@@ -864,46 +725,3 @@ def _tablespace_oids(raw: bytes) -> tuple[int, ...]:
         if head.isdigit():
             oids.append(int(head))
     return tuple(sorted(set(oids)))
-
-
-# -- checksums ----------------------------------------------------------------------------------------
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-_DIGESTS: dict[str, Callable[[bytes], str]] = {
-    "CRC32C": lambda d: crc32c(d).to_bytes(4, "little").hex(),  # printed in memory (little-endian) order
-    "SHA224": lambda d: hashlib.sha224(d).hexdigest(),
-    "SHA256": lambda d: hashlib.sha256(d).hexdigest(),
-    "SHA384": lambda d: hashlib.sha384(d).hexdigest(),
-    "SHA512": lambda d: hashlib.sha512(d).hexdigest(),
-}
-
-
-def manifest_matches(entry: ManifestFile, content: bytes) -> bool | None:
-    """Whether `content` is the file the manifest entry describes: None when its checksum cannot tell
-    (algorithm NONE or unknown), then only the size was compared."""
-    if entry.size != len(content):
-        return False
-    digest = _DIGESTS.get((entry.checksum_algorithm or "").upper())
-    if digest is None or entry.checksum is None:
-        return None
-    return digest(content) == entry.checksum.lower()

@@ -1,51 +1,68 @@
-"""Walk a tar archive held in a store without extracting it: plain, gzip, lz4 or zstd.
+"""The tar format as pg_basebackup -Ft writes it, and as GNU tar and pax writers write it: Ferry's one tar
+reader, used by the scan (reader.py walks a tar in a store without extracting it) and by the base backup
+unpacker (unpack.py).
 
-A plain tar is walked with ranged reads: one small read per member header, file data skipped by its
-length. A compressed tar has no index, so it is decompressed as a stream (gzip and lz4 frames from the
-standard library and `lz4.frame`, zstd from `zstandard`), with memory bounded by the read size.
+An archive is a sequence of 512-byte blocks: a header per member, then its data padded to a whole block,
+and two zero blocks at the end (POSIX.1-2001 ustar; `tar(5)`). A header carries the name (100 bytes, and
+a 155-byte prefix in POSIX ustar), the mode, size and checksum as octal text, the type flag and the link
+target. The checksum is the sum of the header's bytes with its own field read as spaces; some old tars
+summed signed bytes, so both sums are accepted. Sizes of 8 GiB and more are base-256 (the first byte's
+high bit set, GNU and star). Longer names come in an extra member before the one they describe: GNU `L`
+(name) and `K` (link target), or a pax `x` header of `<length> key=value\\n` records (`path`,
+`linkpath`, `size`); pax global headers (`g`) are read and ignored. Directories, links, devices and FIFOs
+carry no data, whatever their size field says (as Python's tarfile reads them too).
 
-Damage is reported as `TarProblem(offset, reason)`; the caller turns it into a BackupFormatError naming the
-file. A reason starting with "unexpected end of data" means the archive is cut short.
+Bytes come from a source: a plain tar in a store is read with ranged reads (headers read, data skipped by
+its length, or copied in the kernel by the unpacker); a compressed tar has no index, so it is decompressed
+as a stream, through compression.py, with memory bounded by the chunk size.
+
+Damage is reported as `TarProblem(offset, reason)`; the caller turns it into an error naming the file. A
+reason starting with "unexpected end of data" means the archive is cut short.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Protocol
 
+from ferry.core.errors import FerryError
+from ferry.engines.postgres import compression, fileops
 from ferry.engines.postgres.compression import Compression, compression_of, decompressed_head
+from ferry.engines.postgres.damage import Damage
 from ferry.stores.base import RangeReader
 
 __all__ = [
     "BLOCK",
     "Compression",
     "Member",
+    "RangedSource",
+    "StreamSource",
     "TarProblem",
     "compression_of",
     "decompressed_head",
     "is_tar_header",
+    "members",
     "open_source",
     "walk",
 ]
 
 BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
 _WINDOW = 16 * 1024  # one ranged read covers a header and, for members up to 15.5 KiB, the next header
-_STREAM_READ = 1024 * 1024  # compressed bytes asked of the store per read
-_SKIP_PIECE = 1024 * 1024  # decompressed bytes produced per step while skipping member data
+_STREAM_CHUNK = 1024 * 1024  # compressed bytes read, and decompressed bytes produced, per step of the scan
+_COPY_CHUNK = 4 * 1024 * 1024  # bytes per read and write when the kernel cannot copy
 _TRAILER_LIMIT = 64 * 1024  # decompressed bytes after the end-of-archive marker worth reading to the end
+_LONG_META_LIMIT = 1024 * 1024  # a GNU long name or pax header longer than this is damage, not a name
+_OCTAL = re.compile(rb"[0-7]+")
+_PAX_LENGTH = re.compile(rb"(\d+) ")
 
 
-class TarProblem(Exception):
-    """Damage at a byte offset of the stored file (compressed offset for compressed archives)."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(reason)
-        self.offset = offset
-        self.reason = reason
+class TarProblem(Damage):
+    """Damage in a tar archive, at an offset of the stored file (compressed offset for compressed
+    archives)."""
 
 
 def is_tar_header(block: bytes) -> bool:
@@ -53,22 +70,32 @@ def is_tar_header(block: bytes) -> bool:
     return len(block) >= 263 and block[257:262] == b"ustar"
 
 
+_KINDS = {
+    b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink",
+    b"3": "chardev", b"4": "blockdev", b"6": "fifo",
+}  # fmt: skip
+_LINKS = ("symlink", "hardlink")
+
+
 @dataclass(frozen=True)
 class Member:
-    """One tar member. `offset` is where its data starts in the (decompressed) archive."""
+    """One tar member. `offset` is where its data starts in the (decompressed) archive; `flag` is the raw
+    type flag (kind "other" covers every type Ferry does not know)."""
 
     name: str
     size: int
-    kind: str  # "file", "dir", "link" or "other"
+    kind: str  # "file", "dir", "symlink", "hardlink", "chardev", "blockdev", "fifo" or "other"
     offset: int
+    mode: int = 0o644
+    link: str = ""
+    flag: bytes = b"0"
 
 
 # -- sources: a position in the archive and reads from there ------------------------------------------
 
 
-class _Source(Protocol):
-    position: int
-    compressed: bool
+class Source(Protocol):
+    position: int  # offset in the (decompressed) archive
 
     def read(self, n: int) -> bytes: ...
 
@@ -77,25 +104,39 @@ class _Source(Protocol):
     def locate(self, archive_offset: int) -> int: ...
 
 
-class _RangedSource:
-    """A plain tar in a store. Skips cost nothing; reads go through a small window cache."""
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class RangedSource:
+    """A plain tar in a store or a local file. Skips cost nothing; reads of less than `window` bytes go
+    through a window cache (one ranged read covers several small members). With `fd`, the file's
+    descriptor, `copy` runs in the kernel (copy_file_range: no copy through user space)."""
 
     compressed = False
 
-    def __init__(self, reader: RangeReader) -> None:
+    def __init__(self, reader: RangeReader, *, fd: int | None = None, window: int = _WINDOW) -> None:
         self._reader = reader
+        self._fd = fd
+        self._window = window
         self.position = 0
         self._buf = b""
         self._buf_at = 0
+
+    @property
+    def consumed(self) -> int:
+        """Bytes of the stored file read so far (for progress)."""
+        return self.position
 
     def read(self, n: int) -> bytes:
         at = self.position
         if self._buf_at <= at and at + n <= self._buf_at + len(self._buf):
             data = self._buf[at - self._buf_at : at - self._buf_at + n]
-        elif n >= _WINDOW:
+        elif n >= self._window:
             data = self._reader.read(at, n)
         else:
-            self._buf = self._reader.read(at, _WINDOW)
+            self._buf = self._reader.read(at, self._window)
             self._buf_at = at
             data = self._buf[:n]
         self.position += len(data)
@@ -104,117 +145,138 @@ class _RangedSource:
     def skip(self, n: int) -> None:
         self.position += n
 
+    def copy(self, n: int, fd: int) -> int:
+        """Write the next `n` bytes to `fd`; returns how many there were (fewer at the file's end)."""
+        done = 0
+        at = self.position
+        if self._buf_at <= at < self._buf_at + len(self._buf):
+            cached = memoryview(self._buf)[at - self._buf_at : at - self._buf_at + n]
+            _write_all(fd, cached)
+            done = len(cached)
+        if done < n and self._fd is not None:
+            done += fileops.copy_range(self._fd, fd, n - done, at + done)
+        while done < n:
+            data = self._reader.read(at + done, min(n - done, _COPY_CHUNK))
+            if not data:
+                break
+            _write_all(fd, memoryview(data))
+            done += len(data)
+        self.position += done
+        return done
+
     def locate(self, archive_offset: int) -> int:
         """The file offset to report for damage at `archive_offset`: the same, capped at the file's end."""
         return min(archive_offset, self._reader.size)
 
 
-class _RawFile(io.RawIOBase):
-    """A store object as a read-only file, for the decompressors' file interfaces."""
-
-    def __init__(self, reader: RangeReader) -> None:
-        self._reader = reader
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._reader.read(self.pos, min(len(buffer), _STREAM_READ))
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-class _StreamSource:
-    """A compressed tar: decompressed as it is read; skipping decompresses through the skipped data."""
+class StreamSource:
+    """A compressed tar, from an iterator of decompressed chunks (compression.chunks over `raw`, a file
+    read front to back): skipping decompresses through the skipped data. A codec's complaint becomes a
+    TarProblem at the compressed offset reached; store errors pass through untouched."""
 
     compressed = True
 
-    def __init__(self, reader: RangeReader, kind: Compression) -> None:
-        self._raw = _RawFile(reader)
+    def __init__(self, chunks: Iterator[bytes], raw: compression.Sequential, kind: Compression) -> None:
+        self._chunks = chunks
+        self._raw = raw
         self._kind = kind
-        self._stream = self._open(io.BufferedReader(self._raw, _STREAM_READ))
+        self._buf = memoryview(b"")
         self.position = 0
 
-    def _open(self, raw: io.BufferedReader) -> IO[bytes]:
-        if self._kind is Compression.GZIP:
-            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-        if self._kind is Compression.LZ4:
-            import lz4.frame
-
-            return lz4.frame.LZ4FrameFile(raw, mode="rb")  # type: ignore[no-any-return]
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    @property
+    def consumed(self) -> int:
+        """Bytes of the stored (compressed) file read so far (for progress)."""
+        return self._raw.pos
 
     def locate(self, archive_offset: int) -> int:
         """The file offset to report: how far the compressed file has been read (the decompressed offset
         means nothing in the file; the message names it)."""
         return self._raw.pos
 
-    def _chunk(self, n: int) -> bytes:
+    def _more(self) -> bool:
         try:
-            return self._stream.read(n)
+            chunk = next(self._chunks, None)
+        except (FerryError, OSError):
+            raise
         except EOFError:
             raise TarProblem(self._raw.pos, f"unexpected end of data in the {self._kind} stream") from None
-        except Exception as exc:
-            # gzip.BadGzipFile, zlib.error, lz4's RuntimeError and zstandard.ZstdError have no common base
-            # but Exception; Ferry's own StoreError must pass through untouched.
-            from ferry.core.errors import FerryError
-
-            if isinstance(exc, FerryError):
-                raise
+        except Exception as exc:  # zlib.error, lz4's RuntimeError, zstandard.ZstdError: no common base
             raise TarProblem(self._raw.pos, f"damaged {self._kind} data ({exc})") from None
+        if chunk is None:
+            return False
+        self._buf = memoryview(chunk)
+        return True
 
     def read(self, n: int) -> bytes:
         parts: list[bytes] = []
         left = n
         while left > 0:
-            data = self._chunk(left)
-            if not data:
+            if not self._buf and not self._more():
                 break
-            parts.append(data)
-            left -= len(data)
+            take = self._buf[:left]
+            parts.append(bytes(take))
+            self._buf = self._buf[len(take) :]
+            left -= len(take)
         out = b"".join(parts)
         self.position += len(out)
         return out
 
+    def copy(self, n: int, fd: int) -> int:
+        """Write the next `n` bytes to `fd`; returns how many there were (fewer at the stream's end)."""
+        done = 0
+        while done < n:
+            if not self._buf and not self._more():
+                break
+            take = self._buf[: n - done]
+            _write_all(fd, take)
+            self._buf = self._buf[len(take) :]
+            done += len(take)
+        self.position += done
+        return done
+
     def skip(self, n: int) -> None:
         while n > 0:
-            data = self.read(min(n, _SKIP_PIECE))
-            if not data:
+            if not self._buf and not self._more():
                 return  # the next header read reports the end of data
-            n -= len(data)
+            take = min(n, len(self._buf))
+            self._buf = self._buf[take:]
+            self.position += take
+            n -= take
 
     def drain(self, limit: int) -> None:
         """Read on to the end of the compressed stream, so its checks (gzip's CRC) run; at most `limit`."""
-        self.read(limit)
+        self.skip(limit)
 
 
-def open_source(reader: RangeReader, kind: Compression) -> _RangedSource | _StreamSource:
-    return _RangedSource(reader) if kind is Compression.NONE else _StreamSource(reader, kind)
+def stream(reader: RangeReader, kind: Compression, chunk: int = _STREAM_CHUNK) -> StreamSource:
+    raw = compression.Sequential(reader)
+    return StreamSource(compression.chunks(raw, kind, chunk), raw, kind)
+
+
+def open_source(reader: RangeReader, kind: Compression) -> RangedSource | StreamSource:
+    """The scan's source for a tar in a store: ranged reads when plain, a stream when compressed."""
+    return RangedSource(reader) if kind is Compression.NONE else stream(reader, kind)
 
 
 # -- headers ------------------------------------------------------------------------------------------
 
 
-def _octal(field: bytes, offset: int, what: str) -> int:
-    if field and field[0] & 0x80:  # base-256 (GNU and star) for values that do not fit in octal digits
-        value = int.from_bytes(field[1:], "big") | ((field[0] & 0x7F) << (8 * (len(field) - 1)))
-        return value
+def _number(field: bytes, offset: int, what: str) -> int:
+    """An octal header field, or base-256 (GNU and star) for values that do not fit in its digits."""
+    if field and field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise TarProblem(offset, f"tar header field {what} is negative")
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not re.fullmatch(rb"[0-7]+", text):
+    if not _OCTAL.fullmatch(text):
         raise TarProblem(offset, f"tar header field {what} is not a number ({text[:12]!r})")
     return int(text, 8)
 
 
 def _checksum_ok(block: bytes, offset: int) -> bool:
-    """The header's checksum: the sum of its bytes with the checksum field read as spaces. Some old tars
-    summed signed bytes; both are accepted."""
-    stored = _octal(block[148:156], offset + 148, "chksum")
+    stored = _number(block[148:156], offset + 148, "chksum")
     blanked = block[:148] + b" " * 8 + block[156:]
     if sum(blanked) == stored:
         return True
@@ -229,7 +291,7 @@ def _pax_records(data: bytes, offset: int) -> dict[str, str]:
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data):
-        m = re.match(rb"(\d+) ", data[pos:])
+        m = _PAX_LENGTH.match(data, pos)
         if not m:
             if not data[pos:].strip(b"\0"):
                 break
@@ -246,23 +308,20 @@ def _pax_records(data: bytes, offset: int) -> dict[str, str]:
     return out
 
 
-_KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"1": "link", b"2": "link"}
-_LONG_META_LIMIT = 1024 * 1024  # a GNU long name or pax header longer than this is damage, not a name
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
 
 
-def walk(
-    source: _RangedSource | _StreamSource,
-    capture: Callable[[Member], int],
-    *,
-    stop: Callable[[], bool] | None = None,
-) -> Iterator[tuple[Member, bytes]]:
-    """Every member in order, with the first `capture(member)` bytes of its data (b"" for 0).
+def members(source: Source) -> Iterator[Member]:
+    """Every member in order. The caller may read (or copy) any part of a member's data from `source`
+    before asking for the next member; what it leaves is skipped.
 
     The walk ends at the end-of-archive marker (a zero block); a file that ends before it raises
-    TarProblem("unexpected end of data ..."). `stop()` is asked after each member: when it says yes, the
-    walk ends there without reading further.
+    TarProblem("unexpected end of data ..."). A compressed stream is read on a little past the marker, so
+    that its own checks run.
     """
     long_name: str | None = None
+    long_link: str | None = None
     pax: dict[str, str] = {}
     while True:
         at = source.position
@@ -273,8 +332,8 @@ def walk(
                 f"unexpected end of data: the tar archive ends at byte {at + len(block)} without its "
                 "end-of-archive marker",
             )
-        if block == bytes(BLOCK):
-            if isinstance(source, _StreamSource):
+        if block == ZERO_BLOCK:
+            if isinstance(source, StreamSource):
                 source.drain(_TRAILER_LIMIT)
             return
         try:
@@ -282,13 +341,13 @@ def walk(
                 raise TarProblem(at, f"no tar header at archive offset {at}")
             if not _checksum_ok(block, at):
                 raise TarProblem(at, f"tar header checksum mismatch at archive offset {at}")
-            size = _octal(block[124:136], at + 124, "size")
+            size = _number(block[124:136], at + 124, "size")
+            mode = _number(block[100:108], at + 100, "mode")
         except TarProblem as exc:
             raise TarProblem(source.locate(exc.offset), exc.reason) from None
         flag = block[156:157]
         data_at = at + BLOCK
-        padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        if flag in (b"L", b"x", b"g", b"K"):
+        if flag in (b"L", b"K", b"x", b"g"):
             if size > _LONG_META_LIMIT:
                 raise TarProblem(source.locate(at), f"tar extended header of {size} bytes at offset {at}")
             data = source.read(size)
@@ -296,41 +355,60 @@ def walk(
                 raise TarProblem(
                     source.locate(data_at + len(data)), "unexpected end of data inside a tar extended header"
                 )
-            source.skip(padded - size)
+            source.skip(_padded(size) - size)
             if flag == b"L":
                 long_name = _text(data)
+            elif flag == b"K":
+                long_link = _text(data)
             elif flag == b"x":
                 try:
                     pax = _pax_records(data, data_at)
                 except TarProblem as exc:
                     raise TarProblem(source.locate(exc.offset), exc.reason) from None
             continue
-        name = long_name or pax.get("path")
+        name = pax.get("path") or long_name
         if name is None:
             name = _text(block[0:100])
             prefix = _text(block[345:500]) if block[257:263] == b"ustar\x00" else ""
-            if prefix:
+            if prefix:  # POSIX ustar only: GNU tar uses these bytes for other fields
                 name = f"{prefix}/{name}"
         if "size" in pax:
             if not pax["size"].isdigit():
                 raise TarProblem(source.locate(data_at), "pax size is not a number")
             size = int(pax["size"])
-            padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        long_name, pax = None, {}
+        kind = _KINDS.get(flag, "other")
+        link = (pax.get("linkpath") or long_link or _text(block[157:257])) if kind in _LINKS else ""
+        long_name = long_link = None
+        pax = {}
         while name.startswith("./"):
             name = name[2:]
-        kind = _KINDS.get(flag, "other")
-        if kind in ("dir", "link"):  # no data follows these headers, whatever their size field says
-            size, padded = 0, 0
-        member = Member(name.rstrip("/") if kind == "dir" else name, size, kind, data_at)
-        want = min(capture(member), size) if kind == "file" else 0
+        if kind not in ("file", "other"):
+            size = 0  # no data follows these headers, whatever their size field says
+        if kind == "dir":
+            name = name.rstrip("/")
+        yield Member(name, size, kind, data_at, mode, link, flag)
+        end = data_at + _padded(size)
+        if source.position < end:
+            source.skip(end - source.position)
+
+
+def walk(
+    source: Source,
+    capture: Callable[[Member], int],
+    *,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[Member, bytes]]:
+    """Every member in order, with the first `capture(member)` bytes of a file's data (b"" for 0): the
+    scan's view. `stop()` is asked after each member: when it says yes, the walk ends there without
+    reading further."""
+    for member in members(source):
+        want = min(capture(member), member.size) if member.kind == "file" else 0
         head = source.read(want) if want else b""
         if len(head) < want:
             raise TarProblem(
-                source.locate(data_at + len(head)),
-                f"unexpected end of data inside tar member '{name}' (archive offset {data_at})",
+                source.locate(member.offset + len(head)),
+                f"unexpected end of data inside tar member '{member.name}' (archive offset {member.offset})",
             )
-        source.skip(padded - len(head))
         yield member, head
         if stop is not None and stop():
             return

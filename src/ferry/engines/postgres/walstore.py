@@ -31,7 +31,7 @@ from posixpath import basename, dirname
 from ferry.core.errors import FerryError, ObjectNotFound
 from ferry.engines.postgres import compression
 from ferry.engines.postgres.compression import Compression
-from ferry.stores.base import BackupStore, RangeReader
+from ferry.stores.base import BackupStore
 
 DEFAULT_FOLDER = "wal"  # where `ferry wal-push` writes, and the first place looked when nothing is known
 COPY_CHUNK = 4 * 1024 * 1024
@@ -205,21 +205,6 @@ class WalIndex:
 # -- reading one WAL file ---------------------------------------------------------------------------------
 
 
-class _Sequential:
-    """A RangeReader read front to back, for the decompressors."""
-
-    def __init__(self, reader: RangeReader) -> None:
-        self.reader = reader
-        self.pos = 0
-
-    def read(self, n: int = -1, /) -> bytes:
-        if n < 0:
-            n = self.reader.size - self.pos
-        data = self.reader.read(self.pos, n)
-        self.pos += len(data)
-        return data
-
-
 _DAMAGED = "the file is truncated or damaged; archive it again from the source's pg_wal if it is still there"
 
 
@@ -236,7 +221,7 @@ def copy_into(store: BackupStore, obj: WalObject, fd: int, *, limit: int = MAX_S
     reader = store.open(obj.key)
     try:
         done = 0
-        for chunk in _decompressed(_Sequential(reader), obj, where):
+        for chunk in _decompressed(compression.Sequential(reader), obj, where):
             done += len(chunk)
             if done > limit:
                 raise WalArchiveError(f"{where} decompresses to more than {limit} bytes", _DAMAGED)
@@ -255,7 +240,7 @@ def copy_into(store: BackupStore, obj: WalObject, fd: int, *, limit: int = MAX_S
     return done
 
 
-def _decompressed(raw: _Sequential, obj: WalObject, where: str) -> Iterator[bytes]:
+def _decompressed(raw: compression.Sequential, obj: WalObject, where: str) -> Iterator[bytes]:
     """The chunks of `obj`, a codec's complaint turned into WalArchiveError naming the file. Store errors
     (FerryError) pass through: they are the store's, not the file's."""
     chunks = compression.chunks(raw, obj.compression, COPY_CHUNK)
@@ -278,7 +263,7 @@ def read_text(store: BackupStore, obj: WalObject, limit: int = 1024 * 1024) -> s
     reader = store.open(obj.key)
     try:
         data = bytearray()
-        for chunk in _decompressed(_Sequential(reader), obj, where):
+        for chunk in _decompressed(compression.Sequential(reader), obj, where):
             data += chunk
             if len(data) > limit:
                 raise WalArchiveError(f"{where} is larger than {limit} bytes: not a history file", _DAMAGED)
