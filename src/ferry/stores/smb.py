@@ -135,6 +135,7 @@ class SmbStore:
                 self._cache.clear()  # a dead connection may refuse even to be closed
 
     def _translate(self, exc: BaseException, what: str, key: str | None) -> StoreError:
+        """Ferry's error for an SMB failure; anything that is no store failure goes up unchanged."""
         from smbprotocol import exceptions as e
 
         detail = f"{type(exc).__name__}: {exc}"
@@ -160,8 +161,12 @@ class SmbStore:
             return StoreError(
                 f"cannot {what} in store '{self._url}': {detail}", "check the share and the path"
             )
-        # Connection refused or reset, a closed connection, a timeout: worth another try.
-        return StoreUnavailable(self._url, what, detail)
+        if isinstance(exc, OSError | EOFError | e.SMBException) or (
+            isinstance(exc, ValueError) and "connect" in str(exc).lower()  # smbprotocol's connect failure
+        ):
+            # Connection refused or reset, a closed connection, a timeout: worth another try.
+            return StoreUnavailable(self._url, what, detail)
+        raise exc  # not a store problem: a bug, reported as one
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -284,7 +289,7 @@ class _SmbFile:
                 self.store._unc(self.name), mode="rb", buffering=0, share_access="rwd", **self.store._kw()
             )
             fd = raw.fd
-            version = (int(fd.end_of_file), int(getattr(fd, "last_write_time", 0) or 0))
+            version = (int(fd.end_of_file), int(_stamp(getattr(fd, "last_write_time", 0)) * 1e6))
             if self.version is not None and version != self.version:
                 raw.close()
                 raise ObjectChanged(self.store.url, self.name)
