@@ -29,7 +29,9 @@ from ferry.core.findings import has_errors
 from ferry.engines.registry import all_engines
 from ferry.pipeline.catalog import build_catalog, build_plan, select_databases
 from ferry.pipeline.discover import ScanResult, scan
+from ferry.stores.base import CheckedStore
 from ferry.stores.local import LocalStore
+from ferry.stores.location import StoreKind, parse_location, redact, redact_text
 from ferry.stores.registry import open_location
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -47,9 +49,10 @@ err = Console(stderr=True)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    # Messages may quote a location or what a server said: never print a password, SAS or key.
+    err.print(f"[bold red]error:[/] {redact_text(exc.message)}", highlight=False, markup=False)
     if exc.hint:
-        err.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+        err.print(f"hint: {redact_text(exc.hint)}", style="dim", highlight=False, markup=False)
     return typer.Exit(code)
 
 
@@ -65,7 +68,9 @@ def _errors() -> Iterator[None]:
     except FerryError as exc:
         raise _fail(exc, EXIT_FINDINGS) from None
     except Exception as exc:
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {redact_text(str(exc))}", highlight=False
+        )
         err.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
         raise typer.Exit(EXIT_INTERNAL) from None
 
@@ -110,13 +115,26 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], N
 
 def _scan(location: str, quiet: bool) -> ScanResult:
     store, prefix = open_location(location)
-    with _progress(f"Reading backup headers in {location}", quiet) as update:
+    _check_store(store)
+    with _progress(f"Reading backup headers in {redact(location)}", quiet) as update:
         return scan(store, all_engines(), prefix, progress=update)
+
+
+def _check_store(store: object) -> None:
+    """Credentials rejected, a missing container, an expired SAS: said before anything starts (exit 2)."""
+    if not isinstance(store, CheckedStore):
+        return
+    problems = [f for f in store.check_access() if f.severity.value == "error"]
+    if problems:
+        first = problems[0]
+        raise StoreError("; ".join(f.message for f in problems), first.hint)
 
 
 @app.command()
 def inspect(
-    files: Annotated[list[Path], typer.Argument(help="Backup files (.bak, .trn, any name).")],
+    files: Annotated[
+        list[str], typer.Argument(help="Backup files (.bak, .trn, any name): paths or store URLs.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="RESTORE HEADERONLY/FILELISTONLY as JSON.")] = False,
 ) -> None:
     """Show what backup files hold: RESTORE HEADERONLY and FILELISTONLY, read with no SQL Server."""
@@ -124,28 +142,30 @@ def inspect(
         engines = all_engines()
         rows: list[dict[str, Any]] = []
         failed = False
-        for path in files:
-            if not path.is_file():
-                raise UsageError(f"'{path}' is not a file", "give paths of backup files")
-            store = LocalStore(path.parent)
-            with store.open(path.name) as reader:
+        for arg in files:
+            store, key, shown = _one_object(arg)
+            reader = store.open(key)
+            try:
                 head = reader.read(0, 16)
                 engine = next((e for e in engines if e.sniff(head)), None)
                 if engine is None:
-                    err.print(f"[bold red]error:[/] '{path}' is not a backup file Ferry knows")
+                    err.print(f"[bold red]error:[/] '{shown}' is not a backup file Ferry knows", markup=True)
                     err.print("[dim]hint: give SQL Server .bak/.trn files[/]")
                     failed = True
                     continue
                 try:
                     sets = engine.read(reader)
                 except FerryError as exc:
-                    err.print(f"[bold red]error:[/] {exc.message.replace(path.name, str(path), 1)}")
-                    err.print(f"[dim]hint: {exc.hint}[/]")
+                    message = redact_text(exc.message.replace(key, shown, 1))
+                    err.print(f"error: {message}", style="bold red", markup=False, highlight=False)
+                    err.print(f"hint: {exc.hint}", style="dim", markup=False, highlight=False)
                     failed = True
                     continue
+            finally:
+                reader.close()
             for s in sets:
                 row = _inspect_row(s)
-                row["path"] = str(path)
+                row["path"] = shown
                 rows.append(row)
         if as_json:
             _emit_json(rows)
@@ -153,6 +173,24 @@ def inspect(
             _render_inspect(rows)
         if failed:
             raise typer.Exit(EXIT_INPUT)
+
+
+def _one_object(arg: str) -> tuple[Any, str, str]:
+    """The store, key and printable name of one backup file given by path or URL."""
+    loc = parse_location(arg)
+    if loc.kind is StoreKind.LOCAL:
+        path = Path(loc.path)
+        if not path.is_file():
+            raise UsageError(f"'{path}' is not a file", "give paths of backup files")
+        return LocalStore(path.parent), path.name, str(path)
+    store, key = open_location(loc)
+    if not key:
+        raise UsageError(
+            f"'{loc.display}' is not a single backup file",
+            "give the URL of one file; `ferry scan` reads folders",
+        )
+    _check_store(store)
+    return store, key, loc.display
 
 
 def _inspect_row(s: object) -> dict[str, Any]:
@@ -202,7 +240,7 @@ def scan_cmd(
     """List the databases whose backups are in PATH, and how far each can be restored."""
     with _errors():
         result = _scan(path, as_json)
-        cat = build_catalog(path, result, all_engines())
+        cat = build_catalog(redact(path), result, all_engines())
         if as_json:
             _emit_json(cat.to_json())
         else:
@@ -246,7 +284,7 @@ def plan(
     with _errors():
         target = _target(stop_at, stop_at_lsn)
         result = _scan(path, as_json)
-        p = select_databases(build_plan(path, result, all_engines(), target=target), database or [])
+        p = select_databases(build_plan(redact(path), result, all_engines(), target=target), database or [])
         if as_json:
             _emit_json(p.to_json())
         else:

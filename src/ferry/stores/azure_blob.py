@@ -35,6 +35,7 @@ from ferry.stores.base import (
     StoreCapabilities,
     check_key,
     check_prefix,
+    plain_etag,
     read_all,
 )
 from ferry.stores.errors import (
@@ -279,7 +280,11 @@ class AzureBlobStore:
         kind = getattr(blob.blob_type, "value", blob.blob_type)
         modified = blob.last_modified.timestamp() if blob.last_modified else None
         return ObjectInfo(
-            self._key_of(blob.name), int(blob.size), blob.etag, modified, _BLOB_TYPES.get(str(kind))
+            self._key_of(blob.name),
+            int(blob.size),
+            plain_etag(blob.etag),
+            modified,
+            _BLOB_TYPES.get(str(kind)),
         )
 
     def stat(self, key: str) -> ObjectInfo:
@@ -309,7 +314,7 @@ class AzureBlobStore:
         def upload() -> PutResult:
             try:
                 r = client.upload_blob(data, overwrite=False, max_concurrency=1)
-                return PutResult(self._key_of(blob), len(data), False, r.get("etag"))
+                return PutResult(self._key_of(blob), len(data), False, plain_etag(r.get("etag")))
             except ResourceExistsError:
                 return PutResult(self._key_of(blob), len(data), True, None)
             except Exception as exc:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ferry.core.errors import ObjectNotFound, StoreError
-from ferry.stores.base import BlobType
+from ferry.stores.base import BlobType, plain_etag
 from ferry.stores.errors import AccessDenied, ObjectChanged, StoreNotFound, StoreUnavailable
 from ferry.stores.remote import Fetched
 
@@ -125,7 +125,7 @@ class BlobReads:
     def get(self, blob: str, offset: int, length: int, etag: str | None) -> Fetched:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if etag:
-            headers["If-Match"] = etag
+            headers["If-Match"] = f'"{etag}"'
         resp = self._request("GET", blob, headers, stream=True)
         if resp.status == 416:  # a range past the end: only an empty blob answers so to bytes=0-...
             resp.drain_conn()
@@ -138,7 +138,7 @@ class BlobReads:
         total = _total_size(resp.headers.get("Content-Range"), resp.headers.get("Content-Length"))
         return Fetched(
             total,
-            resp.headers.get("ETag"),
+            plain_etag(resp.headers.get("ETag")),
             self._pieces(resp, blob),
             _BLOB_TYPES.get(resp.headers.get("x-ms-blob-type", "")),
         )
@@ -146,7 +146,7 @@ class BlobReads:
     def head(
         self, blob: str, etag: str | None = None
     ) -> tuple[int, str | None, BlobType | None, float | None]:
-        headers = {"If-Match": etag} if etag else {}
+        headers = {"If-Match": f'"{etag}"'} if etag else {}
         resp = self._request("HEAD", blob, headers, stream=False)
         if resp.status != 200:
             raise self._error(resp, blob, b"")
@@ -156,7 +156,7 @@ class BlobReads:
         stamp = parsedate_to_datetime(modified).timestamp() if modified else None
         return (
             int(resp.headers.get("Content-Length", "0")),
-            resp.headers.get("ETag"),
+            plain_etag(resp.headers.get("ETag")),
             _BLOB_TYPES.get(resp.headers.get("x-ms-blob-type", "")),
             stamp,
         )

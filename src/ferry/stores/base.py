@@ -174,6 +174,11 @@ def iter_range(reader: RangeReader, offset: int, length: int, chunk: int = 4 << 
         yield data
 
 
+def plain_etag(etag: str | None) -> str | None:
+    """An etag without the quotes HTTP puts around it (listings and headers do not agree on them)."""
+    return etag.strip('"') if etag else None
+
+
 def read_all(source: bytes | BinaryIO) -> bytes:
     """The whole of a put's source (used for small objects and comparisons)."""
     if isinstance(source, bytes | bytearray | memoryview):

@@ -14,7 +14,15 @@ from typing import Any, BinaryIO
 
 from ferry.core.errors import ObjectNotFound, StoreError
 from ferry.core.findings import Finding, Severity
-from ferry.stores.base import ObjectInfo, PutResult, StoreCapabilities, check_key, check_prefix, read_all
+from ferry.stores.base import (
+    ObjectInfo,
+    PutResult,
+    StoreCapabilities,
+    check_key,
+    check_prefix,
+    plain_etag,
+    read_all,
+)
 from ferry.stores.errors import (
     AccessDenied,
     MissingExtra,
@@ -118,7 +126,12 @@ class S3Store:
         except Exception as exc:
             raise self._translate(exc, "list objects", starts) from None
         items = [
-            ObjectInfo(self._key_of(o["Key"]), int(o["Size"]), o.get("ETag"), o["LastModified"].timestamp())
+            ObjectInfo(
+                self._key_of(o["Key"]),
+                int(o["Size"]),
+                plain_etag(o.get("ETag")),
+                o["LastModified"].timestamp(),
+            )
             for o in resp.get("Contents", [])
             if not o["Key"].endswith("/")  # folder markers some tools leave
         ]
@@ -133,7 +146,10 @@ class S3Store:
             except Exception as exc:
                 raise self._translate(exc, f"read '{key}'", name) from None
             return ObjectInfo(
-                self._key_of(name), int(r["ContentLength"]), r.get("ETag"), r["LastModified"].timestamp()
+                self._key_of(name),
+                int(r["ContentLength"]),
+                plain_etag(r.get("ETag")),
+                r["LastModified"].timestamp(),
             )
 
         return with_retries(head, self._policy)
@@ -148,7 +164,7 @@ class S3Store:
                 "Range": f"bytes={offset}-{offset + length - 1}",
             }
             if etag:
-                args["IfMatch"] = etag
+                args["IfMatch"] = f'"{etag}"'
             try:
                 r = self._client.get_object(**args)
             except Exception as exc:
@@ -158,7 +174,7 @@ class S3Store:
                     return Fetched(info.size, info.etag, iter(()))
                 raise err from None
             total = int(str(r.get("ContentRange", "")).rsplit("/", 1)[-1] or r["ContentLength"])
-            return Fetched(total, r.get("ETag"), self._pieces(r["Body"], key))
+            return Fetched(total, plain_etag(r.get("ETag")), self._pieces(r["Body"], key))
 
         return RemoteReader(self._key_of(name), fetch, self._policy)
 
@@ -178,7 +194,7 @@ class S3Store:
         def put() -> PutResult:
             try:
                 r = self._client.put_object(Bucket=self._bucket, Key=name, Body=data, IfNoneMatch="*")
-                return PutResult(self._key_of(name), len(data), False, r.get("ETag"))
+                return PutResult(self._key_of(name), len(data), False, plain_etag(r.get("ETag")))
             except Exception as exc:
                 if _status(exc) in (412, 409):
                     return PutResult(self._key_of(name), len(data), True)
