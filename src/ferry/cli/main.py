@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from ferry import __version__
 from ferry.cli import render
@@ -49,10 +50,11 @@ err = Console(stderr=True)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
-    # Messages may quote a location or what a server said: never print a password, SAS or key.
-    err.print(f"[bold red]error:[/] {redact_text(exc.message)}", highlight=False, markup=False)
+    # Messages may quote a location or what a server said: never print a password, SAS or key. Not
+    # markup (a URL may hold brackets), not wrapped (a URL must stay one piece to be copied).
+    err.print(Text.assemble(("error:", "bold red"), " ", redact_text(exc.message)), soft_wrap=True)
     if exc.hint:
-        err.print(f"hint: {redact_text(exc.hint)}", style="dim", highlight=False, markup=False)
+        err.print(Text(f"hint: {redact_text(exc.hint)}", style="dim"), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -157,8 +159,8 @@ def inspect(
                     sets = engine.read(reader)
                 except FerryError as exc:
                     message = redact_text(exc.message.replace(key, shown, 1))
-                    err.print(f"error: {message}", style="bold red", markup=False, highlight=False)
-                    err.print(f"hint: {exc.hint}", style="dim", markup=False, highlight=False)
+                    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+                    err.print(Text(f"hint: {exc.hint}", style="dim"), soft_wrap=True)
                     failed = True
                     continue
             finally:

@@ -145,7 +145,7 @@ class SmbStore:
             return AccessDenied(
                 self._url, what, "the server rejected the user name or password", self._auth_hint
             )
-        if isinstance(exc, e.BadNetworkName):
+        if isinstance(exc, e.BadNetworkName) or getattr(exc, "ntstatus", None) == 0xC00000CC:
             return StoreNotFound(self._url, f"no share '{self.location.share}' on {self.location.host}",
                                  "check the share's name (net share on the server lists them)")  # fmt: skip
         if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
@@ -261,8 +261,15 @@ class SmbStore:
         except StoreNotFound as exc:
             return [Finding("store-missing", Severity.ERROR, exc.message, exc.hint)]
         except ObjectNotFound:
-            return [Finding("store-missing", Severity.ERROR, f"no folder '{self._root}' in '{self._url}'",
-                            "check the path after the share's name")]  # fmt: skip
+            what = f"folder '{self._root}'" if self._root else f"share '{self.location.share}'"
+            return [
+                Finding(
+                    "store-missing",
+                    Severity.ERROR,
+                    f"store '{self._url}' does not exist: no {what} on {self.location.host}",
+                    "check the share's name (net share on the server lists them) and the path after it",
+                )
+            ]
         except StoreError as exc:
             return [Finding("store-unreachable", Severity.ERROR, exc.message, exc.hint)]
         return []
