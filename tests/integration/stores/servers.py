@@ -164,7 +164,8 @@ class Samba(Server):
             made = subprocess.run(
                 ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", SMB_USER], capture_output=True
             )
-            if made.returncode != 0:
+            exists = subprocess.run(["id", SMB_USER], capture_output=True).returncode == 0
+            if made.returncode != 0 and not exists:  # another test process may have made it meanwhile
                 raise Unavailable(f"cannot create the OS user {SMB_USER}: {made.stderr.decode()[-500:]}")
         added = subprocess.run(
             [smbpasswd, "-c", str(f / "smb.conf"), "-a", "-s", SMB_USER],
