@@ -3,7 +3,7 @@
 A migration polls a Watcher: each `poll()` lists the store once and returns what is new, what changed,
 what is held back and what went away since the previous poll. A file is handed over only once it is
 stable: backup jobs write for minutes and copy tools upload piece by piece, and a half-written file
-read now would only be read again. Stable means unchanged (size, etag, modification time) between two
+read now would only be read again. Stable means unchanged (size, and etag or modification time) between two
 looks:
 
 - a file already seen at the previous poll with the same signature is stable at once;
@@ -31,11 +31,13 @@ from ferry.stores.base import BackupStore, ObjectInfo
 # With more fresh files than this, the second look is one listing rather than a stat per file.
 RELIST_ABOVE = 16
 
-Signature = tuple[int, str | None, float | None]
+Signature = tuple[int, str | float | None]
 
 
 def signature(info: ObjectInfo) -> Signature:
-    return (info.size, info.etag, info.modified)
+    """What says an object changed: its size and etag, or its modification time where it has no etag (a
+    listing and a stat may report the time at different precisions; an etag is the same everywhere)."""
+    return (info.size, info.etag if info.etag is not None else info.modified)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl
@@ -29,7 +30,6 @@ from ferry.core.findings import Finding, Severity
 from ferry.stores import credentials
 from ferry.stores.azure_rest import Authoriser, BlobReads
 from ferry.stores.base import (
-    BlobType,
     ObjectInfo,
     PutResult,
     StoreCapabilities,
@@ -53,7 +53,6 @@ from ferry.stores.retry import RetryPolicy, with_retries
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 PARALLEL_READS = 8
-_BLOB_TYPES = {"BlockBlob": BlobType.BLOCK, "PageBlob": BlobType.PAGE, "AppendBlob": BlobType.APPEND}
 
 
 class AzureCredential:
@@ -216,7 +215,6 @@ class AzureBlobStore:
                 loc.account, sas=self._cred.sas, account_key=self._cred.key, token_credential=self._cred.token
             ),
             self._url,
-            pool_size=PARALLEL_READS * 2,
             hint_auth=self._auth_hint,
         )
 
@@ -266,26 +264,8 @@ class AzureBlobStore:
                 return
 
     def _list_page(self, starts: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        try:
-            pages = self._client.list_blobs(name_starts_with=starts or None, results_per_page=5000).by_page(
-                continuation_token=token
-            )
-            page = next(pages, None)
-            items = [] if page is None else [self._info(b) for b in page]
-            return items, getattr(pages, "continuation_token", None)
-        except Exception as exc:
-            raise self._translate(exc, "list blobs", starts) from None
-
-    def _info(self, blob: Any) -> ObjectInfo:
-        kind = getattr(blob.blob_type, "value", blob.blob_type)
-        modified = blob.last_modified.timestamp() if blob.last_modified else None
-        return ObjectInfo(
-            self._key_of(blob.name),
-            int(blob.size),
-            plain_etag(blob.etag),
-            modified,
-            _BLOB_TYPES.get(str(kind)),
-        )
+        page, marker = self._reads.list_page(starts, token)
+        return [replace(info, key=self._key_of(name)) for name, info in page], marker
 
     def stat(self, key: str) -> ObjectInfo:
         blob = self._blob(key)

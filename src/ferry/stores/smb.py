@@ -5,9 +5,12 @@ credentials file (`[smb://USER@HOST]`, then `[smb://HOST]`, key `password`); a p
 URL works too but is masked wherever Ferry shows the location. The user, when the URL names none,
 comes from FERRY_SMB_USER or the file; the domain from the URL, FERRY_SMB_DOMAIN or the file.
 
-A share has no etags: a file's size and last write time stand in for one. A read that loses its
-connection reconnects, opens the file again and goes on from the byte it stopped at, provided the file
-has the same size and write time as when it was first opened.
+A share has no etags: a file's size and last write time stand in for one (`version_tag`), in listings
+and in what a CREATE answers. A read that loses its connection reconnects, opens the file again and goes
+on from the byte it stopped at, provided the file has the same tag as when it was first opened; reads
+never go past the size seen at open. So a reader whose tag equals the listing's read the file that was
+listed, and the scan needs no second look at it (a file still growing shows another tag at open, or is
+short at the size it had, and the next scan sees its new tag).
 """
 
 from __future__ import annotations
@@ -190,9 +193,9 @@ class SmbStore:
             if is_dir:
                 yield from self._walk(rel)
             elif info is not None:
-                yield ObjectInfo(rel, info[0], None, info[1])
+                yield ObjectInfo(rel, info[0], version_tag(info[0], info[1]), _stamp(info[1]))
 
-    def _listdir(self, folder: str) -> list[tuple[str, bool, tuple[int, float] | None]]:
+    def _listdir(self, folder: str) -> list[tuple[str, bool, tuple[int, Any] | None]]:
         out = []
         for entry in self._smb.scandir(self._unc(folder), **self._kw()):
             smb = entry.smb_info
@@ -203,13 +206,20 @@ class SmbStore:
         return sorted(out)
 
     def stat(self, key: str) -> ObjectInfo:
+        """From the parent folder's entry for the file, so that size, time and tag are exactly what a
+        listing says (a file's own query reports the time at another precision)."""
         name = self._name(key)
+        folder, _, base = name.rpartition("/")
 
         def op() -> ObjectInfo:
-            st = self._smb.stat(self._unc(name), **self._kw())
-            if st.st_file_attributes & 0x10:
-                raise FileNotFoundError(errno.ENOENT, "a folder, not a file")
-            return ObjectInfo(name, int(st.st_size), None, float(st.st_mtime))
+            for entry in self._smb.scandir(self._unc(folder), search_pattern=base, **self._kw()):
+                smb = entry.smb_info
+                if entry.name == base and not smb.file_attributes & 0x10:
+                    size = int(smb.end_of_file)
+                    return ObjectInfo(
+                        name, size, version_tag(size, smb.last_write_time), _stamp(smb.last_write_time)
+                    )
+            raise FileNotFoundError(errno.ENOENT, "no such file")
 
         return self._call(f"read '{name}'", op, name)
 
@@ -285,7 +295,7 @@ class _SmbFile:
         self.store = store
         self.name = name
         self.raw: Any = None
-        self.version: tuple[int, int] | None = None
+        self.version: str | None = None
 
     def reader(self) -> RemoteReader:
         return RemoteReader(self.name, self.fetch, self.store._policy, on_close=self.close)
@@ -296,7 +306,7 @@ class _SmbFile:
                 self.store._unc(self.name), mode="rb", buffering=0, share_access="rwd", **self.store._kw()
             )
             fd = raw.fd
-            version = (int(fd.end_of_file), int(_stamp(getattr(fd, "last_write_time", 0)) * 1e6))
+            version = version_tag(int(fd.end_of_file), fd.last_write_time)
             if self.version is not None and version != self.version:
                 raw.close()
                 raise ObjectChanged(self.store.url, self.name)
@@ -313,7 +323,7 @@ class _SmbFile:
                 self.store._reset()
             raise err from None
         size = int(raw.fd.end_of_file)
-        return Fetched(size, None, self._pieces(raw, offset, min(length, max(0, size - offset))))
+        return Fetched(size, self.version, self._pieces(raw, offset, min(length, max(0, size - offset))))
 
     def _pieces(self, raw: Any, offset: int, length: int) -> Iterator[bytes]:
         step = min(PIECE, int(raw.fd.connection.max_read_size))
@@ -337,6 +347,12 @@ class _SmbFile:
             with contextlib.suppress(Exception):  # the connection is gone: so is the handle
                 self.raw.close()
             self.raw = None
+
+
+def version_tag(size: int, written: Any) -> str:
+    """A file's stand-in etag: its size and last write time (to the microsecond, as both a directory
+    listing and a CREATE report it)."""
+    return f"{size}-{round(_stamp(written) * 1e6)}"
 
 
 def _stamp(value: Any) -> float:
