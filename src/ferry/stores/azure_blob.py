@@ -52,7 +52,7 @@ from ferry.stores.retry import RetryPolicy, with_retries
 # The emulator's well-known development account (public, documented by Microsoft).
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-PARALLEL_READS = 8
+PARALLEL_READS = 32
 
 
 class AzureCredential:

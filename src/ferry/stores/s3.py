@@ -35,7 +35,7 @@ from ferry.stores.location import Location
 from ferry.stores.remote import Fetched, RemoteReader
 from ferry.stores.retry import RetryPolicy, with_retries
 
-PARALLEL_READS = 8
+PARALLEL_READS = 32
 PIECE = 256 * 1024
 _AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",

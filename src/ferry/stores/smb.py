@@ -88,8 +88,10 @@ class SmbStore:
     def capabilities(self) -> StoreCapabilities:
         return StoreCapabilities(
             ranged_reads=True,
+            etags=True,
             writable=True,
             resumable_reads=True,
+            pinned_reads=True,
             parallel_reads=PARALLEL_READS,
             poll_seconds=10.0,
         )
