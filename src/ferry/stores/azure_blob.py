@@ -36,7 +36,8 @@ from ferry.stores.base import (
     check_key,
     check_prefix,
     plain_etag,
-    read_all,
+    same_content,
+    source_size,
 )
 from ferry.stores.errors import (
     AccessDenied,
@@ -283,29 +284,31 @@ class AzureBlobStore:
     # -- writes -------------------------------------------------------------------------------------
 
     def put_new(self, key: str, source: bytes | BinaryIO) -> PutResult:
-        """One Put Blob (or staged blocks and a Put Block List) with If-None-Match: *, so a name that
-        exists is never overwritten; a conflict compares the contents."""
+        """One Put Blob (or staged blocks and a Put Block List, for large sources, streamed) with
+        If-None-Match: *, so a name that exists is never overwritten; a conflict compares the contents."""
         from azure.core.exceptions import ResourceExistsError
 
         blob = self._blob(key)
-        data = read_all(source)
+        name = self._key_of(blob)
+        size = source_size(source)
         client = self._client.get_blob_client(blob)
 
         def upload() -> PutResult:
+            body = source if isinstance(source, bytes) else _rewound(source)
             try:
-                r = client.upload_blob(data, overwrite=False, max_concurrency=1)
-                return PutResult(self._key_of(blob), len(data), False, plain_etag(r.get("etag")))
+                r = client.upload_blob(body, length=size, overwrite=False, max_concurrency=1)
+                return PutResult(name, size, False, plain_etag(r.get("etag")))
             except ResourceExistsError:
-                return PutResult(self._key_of(blob), len(data), True, None)
+                return PutResult(name, size, True, None)
             except Exception as exc:
-                raise self._translate(exc, "write", blob) from None
+                raise self._translate(exc, f"write '{name}'", blob) from None
 
         result = with_retries(upload, self._policy)
         if result.already_present:
-            with self.open(self._key_of(blob)) as reader:
-                if reader.size != len(data) or reader.read(0, len(data)) != data:
-                    raise ObjectConflict(self._url, self._key_of(blob))
-                return PutResult(result.key, result.size, True, reader.etag)
+            with self.open(name) as reader:
+                if not same_content(reader, source):
+                    raise ObjectConflict(self._url, name)
+                return PutResult(name, size, True, reader.etag)
         return result
 
     # -- checks -------------------------------------------------------------------------------------
@@ -356,3 +359,9 @@ class AzureBlobStore:
         if isinstance(exc, StoreError):
             return exc
         return StoreError(f"cannot {what} in store '{self._url}': {detail}", "check the store's URL")
+
+
+def _rewound(source: BinaryIO) -> BinaryIO:
+    """The source from its start (a retried upload reads it again)."""
+    source.seek(0)
+    return source

@@ -180,8 +180,40 @@ def plain_etag(etag: str | None) -> str | None:
 
 
 def read_all(source: bytes | BinaryIO) -> bytes:
-    """The whole of a put's source (used for small objects and comparisons)."""
+    """The whole of a put's source (for small objects)."""
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     source.seek(0)
     return source.read()
+
+
+def source_size(source: bytes | BinaryIO) -> int:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    size = source.seek(0, 2)
+    source.seek(0)
+    return size
+
+
+def source_chunks(source: bytes | BinaryIO, chunk: int = 4 << 20) -> Iterator[bytes]:
+    """A put's source in pieces, from its start: large files are never held whole in memory."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = memoryview(source)
+        for i in range(0, len(data), chunk):
+            yield bytes(data[i : i + chunk])
+        return
+    source.seek(0)
+    while piece := source.read(chunk):
+        yield piece
+
+
+def same_content(reader: RangeReader, source: bytes | BinaryIO) -> bool:
+    """Whether an object holds exactly a put's source, compared piece by piece."""
+    if reader.size != source_size(source):
+        return False
+    offset = 0
+    for piece in source_chunks(source):
+        if reader.read(offset, len(piece)) != piece:
+            return False
+        offset += len(piece)
+    return True

@@ -22,6 +22,9 @@ from ferry.stores.base import (
     check_prefix,
     plain_etag,
     read_all,
+    same_content,
+    source_chunks,
+    source_size,
 )
 from ferry.stores.errors import (
     AccessDenied,
@@ -37,6 +40,7 @@ from ferry.stores.retry import RetryPolicy, with_retries
 
 PARALLEL_READS = 32
 PIECE = 256 * 1024
+PART = 64 << 20  # larger sources go up in parts of this size
 _AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
     "AllAccessDisabled", "AccountProblem", "TokenRefreshRequired",
@@ -187,26 +191,53 @@ class S3Store:
             body.close()
 
     def put_new(self, key: str, source: bytes | BinaryIO) -> PutResult:
-        """PutObject with If-None-Match: *: S3 (since 2024) and compatible servers refuse to replace."""
+        """PutObject with If-None-Match: * (S3 since 2024, and compatible servers, refuse to replace);
+        large sources go up in parts, streamed, and the completion carries the same condition."""
         name = self._name(key)
-        data = read_all(source)
+        size = source_size(source)
 
         def put() -> PutResult:
             try:
-                r = self._client.put_object(Bucket=self._bucket, Key=name, Body=data, IfNoneMatch="*")
-                return PutResult(self._key_of(name), len(data), False, plain_etag(r.get("ETag")))
+                if size <= PART:
+                    r = self._client.put_object(
+                        Bucket=self._bucket, Key=name, Body=read_all(source), IfNoneMatch="*"
+                    )
+                else:
+                    r = self._multipart(name, source)
+                return PutResult(self._key_of(name), size, False, plain_etag(r.get("ETag")))
             except Exception as exc:
                 if _status(exc) in (412, 409):
-                    return PutResult(self._key_of(name), len(data), True)
+                    return PutResult(self._key_of(name), size, True)
                 raise self._translate(exc, f"write '{key}'", name) from None
 
         result = with_retries(put, self._policy)
         if result.already_present:
             with self.open(key) as reader:
-                if reader.size != len(data) or reader.read(0, len(data)) != data:
+                if not same_content(reader, source):
                     raise ObjectConflict(self._url, self._key_of(name))
                 return PutResult(result.key, result.size, True, reader.etag)
         return result
+
+    def _multipart(self, name: str, source: bytes | BinaryIO) -> Any:
+        upload = self._client.create_multipart_upload(Bucket=self._bucket, Key=name)["UploadId"]
+        try:
+            parts = []
+            for number, piece in enumerate(source_chunks(source, PART), start=1):
+                r = self._client.upload_part(
+                    Bucket=self._bucket, Key=name, UploadId=upload, PartNumber=number, Body=piece
+                )
+                parts.append({"PartNumber": number, "ETag": r["ETag"]})
+            return self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=name,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=name, UploadId=upload)
+            raise
 
     def check_access(self, *, write: bool = False) -> list[Finding]:
         try:

@@ -27,7 +27,16 @@ from typing import Any, BinaryIO, TypeVar
 from ferry.core.errors import ObjectNotFound, StoreError
 from ferry.core.findings import Finding, Severity
 from ferry.stores import credentials
-from ferry.stores.base import ObjectInfo, PutResult, StoreCapabilities, check_key, check_prefix, read_all
+from ferry.stores.base import (
+    ObjectInfo,
+    PutResult,
+    StoreCapabilities,
+    check_key,
+    check_prefix,
+    same_content,
+    source_chunks,
+    source_size,
+)
 from ferry.stores.errors import (
     AccessDenied,
     InvalidKey,
@@ -234,7 +243,6 @@ class SmbStore:
         """A temp file in the same folder, then a rename that refuses to replace (SMB2 rename with
         ReplaceIfExists off): atomic and never overwriting. A name that exists is compared."""
         name = self._name(key)
-        data = read_all(source)
         folder, _, base = name.rpartition("/")
         tmp = f"{folder}/" if folder else ""
         tmp += f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -243,7 +251,8 @@ class SmbStore:
             if folder:
                 self._smb.makedirs(self._unc(folder), exist_ok=True, **self._kw())
             with self._smb.open_file(self._unc(tmp), mode="wb", **self._kw()) as f:
-                f.write(data)
+                for piece in source_chunks(source):
+                    f.write(piece)
                 f.flush()
             try:
                 self._smb.rename(self._unc(tmp), self._unc(name), **self._kw())
@@ -259,9 +268,9 @@ class SmbStore:
         present = self._call(f"write '{name}'", write, name)
         if present:
             with self.open(name) as reader:
-                if reader.size != len(data) or reader.read(0, len(data)) != data:
+                if not same_content(reader, source):
                     raise ObjectConflict(self._url, name)
-        return PutResult(name, len(data), present)
+        return PutResult(name, source_size(source), present)
 
     # -- checks -------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Each rule fails with an AssertionError that names it.
 
 from __future__ import annotations
 
+import io
 import random
 import threading
 from collections.abc import Callable
@@ -59,7 +60,7 @@ def check_conformance(
     objects = dict(SAMPLE_OBJECTS)
     objects[BIG_KEY] = big_object()
     for key, data in objects.items():
-        result = store.put_new(key, data)
+        result = store.put_new(key, io.BytesIO(data) if key == BIG_KEY else data)
         got = (result.key, result.size, result.already_present)
         assert got == (key, len(data), False), f"put_new: {result}"
     check_put_new(store)
@@ -155,6 +156,14 @@ def check_capabilities(store: BackupStore, caps: StoreCapabilities) -> None:
 def check_put_new(store: WritableStore) -> None:
     again = store.put_new("a.bak", SAMPLE_OBJECTS["a.bak"])
     assert again.already_present, "the same content again is success, nothing written"
+    from_file = store.put_new("a.bak", io.BytesIO(SAMPLE_OBJECTS["a.bak"]))
+    assert from_file.already_present and from_file.size == len(SAMPLE_OBJECTS["a.bak"]), "a file source"
+    try:
+        store.put_new("a.bak", io.BytesIO(SAMPLE_OBJECTS["a.bak"][:-1] + b"!"))
+    except ObjectConflict:
+        pass
+    else:
+        raise AssertionError("a file source that differs in its last byte is a conflict")
     try:
         store.put_new("a.bak", b"other content")
     except ObjectConflict as exc:
