@@ -183,7 +183,7 @@ def measure(sides: list[Side], info: local_bench.StoreInfo, runs: int) -> None:
         side.first = scan(side.store, [engine])
         local_bench.verify(side.first, info, side.name.split()[0].lower())
         keys[side.name] = [f.info.key for f in side.first.files]
-    for _ in range(runs):
+    for round_ in range(1, runs + 1):
         for side in sides:
             gc.collect()
             t0 = time.perf_counter()
@@ -197,6 +197,8 @@ def measure(sides: list[Side], info: local_bench.StoreInfo, runs: int) -> None:
             side.downloads.append(time.perf_counter() - t0)
             if total != info.bytes:
                 raise SystemExit(f"error: {side.name} download read {total:,} bytes, expected {info.bytes:,}")
+            print(f"round {round_}/{runs}: {side.name}: scan {side.scans[-1]:.1f} s, "
+                  f"download {side.downloads[-1]:.1f} s", flush=True)  # fmt: skip
     n = info.files
     print()
     print(f"medians of {runs} interleaved runs over {n:,} files ({local_bench.gib(info.bytes)})")

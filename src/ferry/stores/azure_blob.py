@@ -264,8 +264,10 @@ class AzureBlobStore:
             if not token:
                 return
 
-    def _list_page(self, starts: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        page, marker = self._reads.list_page(starts, token)
+    def _list_page(
+        self, starts: str, token: str | None, limit: int = 5000
+    ) -> tuple[list[ObjectInfo], str | None]:
+        page, marker = self._reads.list_page(starts, token, limit)
         return [replace(info, key=self._key_of(name)) for name, info in page], marker
 
     def stat(self, key: str) -> ObjectInfo:
@@ -318,7 +320,9 @@ class AzureBlobStore:
         if problems:
             return problems  # the server would refuse too; say why without asking it
         try:
-            with_retries(lambda: self._list_page(f"{self._root}/" if self._root else "", None), self._policy)
+            with_retries(
+                lambda: self._list_page(f"{self._root}/" if self._root else "", None, 1), self._policy
+            )
         except AccessDenied as exc:
             problems.append(Finding("store-access-denied", Severity.ERROR, exc.message, exc.hint))
         except StoreNotFound as exc:

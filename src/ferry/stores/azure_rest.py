@@ -187,9 +187,11 @@ class BlobReads:
             parsedate_to_datetime(modified).timestamp() if modified else None,
         )
 
-    def list_page(self, prefix: str, marker: str | None) -> tuple[list[tuple[str, ObjectInfo]], str | None]:
+    def list_page(
+        self, prefix: str, marker: str | None, limit: int = 5000
+    ) -> tuple[list[tuple[str, ObjectInfo]], str | None]:
         """One page of List Blobs: (blob name, info with the name as key), and the next marker."""
-        query = {"restype": "container", "comp": "list", "maxresults": "5000"}
+        query = {"restype": "container", "comp": "list", "maxresults": str(limit)}
         if prefix:
             query["prefix"] = prefix
         if marker:

@@ -121,8 +121,10 @@ class S3Store:
             if not token:
                 return
 
-    def _list_page(self, starts: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        args: dict[str, Any] = {"Bucket": self._bucket, "Prefix": starts, "MaxKeys": 1000}
+    def _list_page(
+        self, starts: str, token: str | None, limit: int = 1000
+    ) -> tuple[list[ObjectInfo], str | None]:
+        args: dict[str, Any] = {"Bucket": self._bucket, "Prefix": starts, "MaxKeys": limit}
         if token:
             args["ContinuationToken"] = token
         try:
@@ -241,7 +243,9 @@ class S3Store:
 
     def check_access(self, *, write: bool = False) -> list[Finding]:
         try:
-            with_retries(lambda: self._list_page(f"{self._root}/" if self._root else "", None), self._policy)
+            with_retries(
+                lambda: self._list_page(f"{self._root}/" if self._root else "", None, 1), self._policy
+            )
         except AccessDenied as exc:
             return [Finding("store-access-denied", Severity.ERROR, exc.message, exc.hint)]
         except StoreNotFound as exc:
