@@ -58,11 +58,12 @@ from ferry.agent.worker import prepare_root, register, running, target_workers
 from ferry.core.migration import State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
+from ferry.serve import DEFAULT_CONCURRENCY
 from ferry.service import workflow_io as io
 from ferry.service.activities import TargetConfig
 from ferry.service.contracts import MigrationRequest
+from ferry.service.control import CONTROL_SLOTS, control_worker
 from ferry.service.orchestrator import TemporalOrchestrator
-from ferry.service.serve import CONTROL_SLOTS, DEFAULT_CONCURRENCY, control_worker
 from ferry.service.store import SqlStateStore
 from ferry.service.temporal_dev import DevServer
 

@@ -59,7 +59,7 @@ from ferry.engines.postgres.cluster import (
     run,
 )
 from ferry.engines.postgres.cutover import CutoverRequest
-from ferry.engines.postgres.migration import Migration, MigrationResult, MigrationSpec
+from ferry.engines.postgres.migration import MigrationSpec
 from ferry.engines.postgres.source import (
     base_backup,
     check_ferry_runs_as_server_user,
@@ -69,6 +69,7 @@ from ferry.engines.postgres.source import (
 )
 from ferry.engines.postgres.target import RETRY_INTERVAL, PostgresTarget
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, parse_segment_name
+from ferry.pipeline.migrate import Migration, Outcome
 
 BENCH = Path(__file__).resolve().parent
 PG_MAJOR = 15
@@ -982,8 +983,8 @@ def one_cutover(env: Env, cluster: Cluster, store: Path, work: Path, i: int) -> 
         return CutoverRequest(marks["stop"], final_lsn=str(lsn))
 
     try:
-        result: MigrationResult = Migration(MigrationSpec(str(store), root, online=True, port=port), report,
-                                            cutover).run()  # fmt: skip
+        result: Outcome = Migration(MigrationSpec(str(store), root, online=True, port=port), report,
+                                    cutover).run()  # fmt: skip
         for t in threads:
             t.join(60)
         assert result.downtime_seconds is not None
@@ -1031,7 +1032,7 @@ def measure_cutover(env: Env, runs: int, report: Report) -> None:
         f"onto a new target; {CUTOVER_SETTLE_S:.0f} s after it reports ReadyForCutover the workload is "
         "stopped (SIGTERM), pg_switch_wal() gives the final LSN and the cutover is requested with it. "
         "Downtime = "
-        "MigrationResult.downtime_seconds: from the stop until Ferry has promoted the target and committed a "
+        "the result's downtime_seconds: from the stop until Ferry has promoted the target and committed a "
         "write on it (verify_writable). The steps, timed by this benchmark around it (seconds): stop "
         "workload = SIGTERM until pgbench exits; archive = from the switch until the segment is in the store "
         "(archive_command = ferry wal-push); fetch + replay + see = until Ferry, having seen the target's "

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Debian packages Ferry's PostgreSQL engine, its demo and its tests need: the PostgreSQL server binaries
-# (initdb, pg_ctl, pg_basebackup, pgbench) and an unprivileged `postgres` user to run them as; Samba's
-# smbd for the SMB store tests. And Azurite, the Azure Blob emulator, from npm into .tools/ (not global).
+# (initdb, pg_ctl, pg_basebackup, pgbench), an unprivileged `postgres` user to run them as, the lz4
+# and zstd tools the tests compress WAL with, and Samba's smbd for the SMB store tests. And Azurite, the
+# Azure Blob emulator, from npm into .tools/ (not global).
 # Installs what is missing when run as root on a Debian-like system; says what to install otherwise.
 set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The tests archive WAL the ways other tools do: compressed by the lz4 and zstd command-line tools.
+command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 { [[ -x /usr/sbin/smbd ]] && command -v smbpasswd >/dev/null 2>&1; } || missing+=(samba)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then

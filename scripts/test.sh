@@ -7,4 +7,5 @@ scripts/bootstrap.sh
 bin="$root/.venv/bin"
 echo "== ruff"; "$bin/ruff" check src tests bench && "$bin/ruff" format --check src tests bench
 echo "== mypy --strict src"; "$bin/mypy" --strict src
+echo "== import contracts"; (cd "$root" && "$bin/lint-imports" --no-cache)
 echo "== pytest"; "$bin/pytest" -q -n 2 "$@"

@@ -97,6 +97,7 @@ class PgSource:
     store: Path
     archive: Path
     backups: list[Path] = field(default_factory=list)
+    archive_suffix: str = ""  # what the archive_command appends to %f (.gz when it compresses with gzip)
 
     def sql(self, query: str) -> list[tuple[object, ...]]:
         return self.cluster.query(query)
@@ -137,7 +138,7 @@ class PgSource:
     def wait_archived(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (self.archive / name).exists():
+            if (self.archive / f"{name}{self.archive_suffix}").exists():
                 row = self.sql("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")[0]
                 if row[0] is not None and str(row[0]) >= name:
                     return

@@ -17,9 +17,10 @@ from ferry.core.errors import FerryError, UsageError
 from ferry.core.migration import MigrationStatus, State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.cutover import CutoverRequest
-from ferry.engines.postgres.migration import Migration, MigrationBlocked, MigrationSpec
+from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
 from ferry.engines.postgres.target import PostgresTarget
 from ferry.engines.postgres.verify import differences, fingerprints
+from ferry.pipeline.migrate import Migration
 from tests.integration.pgsource import PgSource, RowWriter, make_root, require_postgres, start_source
 
 

@@ -452,3 +452,31 @@ def test_the_cli_drives_a_whole_online_migration(root: Path, served: Served) -> 
         assert record["status"]["result"]["final_lsn"] == final
     finally:
         src.stop()
+
+
+def test_service_reads_wal_where_another_archive_command_put_it(root: Path, served: Served) -> None:
+    """WAL nested by date and compressed by gzip, as `archive_command = 'gzip -c %p > ...'` leaves it: the
+    plan finds it, and the service's replay fetches each file from the key the plan found it at."""
+    store = root / "gz-store"
+    folder = store / "archive" / "2026" / "12"
+    src = start_source(
+        root / "gz-src",
+        store,
+        archive_subdir="archive/2026/12",
+        archive_command=f"gzip -c %p > {folder}/%f.gz",
+    )
+    src.archive_suffix = ".gz"
+    try:
+        src.write(5000)
+        src.base_backup("base", compress="lz4", wal_method="none")
+        src.write(5000)
+        switch(src)
+        (created,) = served.create(
+            [{"source": str(store), "target": "local", "name": "gz", "mode": "offline"}]
+        )
+        (record,) = served.wait([created["id"]], {"Succeeded"}, timeout=120)
+        target = PostgresTarget.open(served.data / "targets" / created["id"])
+        assert count(target) == count(src.cluster) == ROWS
+        assert record["status"].get("lag_bytes") is None, "no lag is shown once a migration succeeded"
+    finally:
+        src.stop()

@@ -19,7 +19,7 @@ from ferry.engines.sqlserver.chain import (
     Chain,
     DatabaseKey,
     LogicalBackup,
-    RecoveryTarget,
+    StopPoint,
     group_by_database,
     merge_stripes,
     restorable_range,
@@ -84,12 +84,12 @@ def log(first: int, last: int, tz: timezone = UTC, **kw: Any) -> BackupSet:
     return backup_set(**{**values, **kw})
 
 
-def plan(*sets: BackupSet, target: RecoveryTarget | None = None) -> Chain:
+def plan(*sets: BackupSet, stop: StopPoint | None = None) -> Chain:
     backups, findings = merge_stripes(sets)
     assert not [f for f in findings if f.severity is Severity.ERROR], findings
     groups = group_by_database(backups)
     assert len(groups) == 1
-    return select_chain(next(iter(groups.values())), target)
+    return select_chain(next(iter(groups.values())), stop)
 
 
 def codes(chain: Chain) -> list[tuple[str, Severity]]:
@@ -314,7 +314,7 @@ def test_logical_backup_passthroughs() -> None:
         LogicalBackup(())
 
 
-# Recovery targets
+# Stop points
 
 
 def _timeline(tz: timezone = UTC) -> list[BackupSet]:
@@ -325,7 +325,7 @@ def _timeline(tz: timezone = UTC) -> list[BackupSet]:
 def test_stop_at_time_inside_a_log_with_naive_local_time() -> None:
     plus1 = timezone(timedelta(hours=1))
     target_local = at(lsn(10), plus1).replace(tzinfo=None)  # 10 minutes in, as the source's clock shows it
-    chain = plan(*_timeline(plus1), target=RecoveryTarget(time=target_local))
+    chain = plan(*_timeline(plus1), stop=StopPoint(time=target_local))
     assert files(chain) == ["db1/FULL/full_5.bak", "db1/LOG/log_0_8.trn", "db1/LOG/log_8_12.trn"]
     assert chain.steps[-1].stop_at == at(lsn(10), plus1).isoformat()
     assert chain.steps[-1].stop_at is not None and chain.steps[-1].stop_at.endswith("+01:00")
@@ -337,7 +337,7 @@ def test_naive_time_takes_the_offset_in_force_at_that_moment() -> None:
     plus1 = timezone(timedelta(hours=1))  # the source moved its clocks forward between two log backups
     sets = [full(5), log(0, 8), log(8, 12, plus1), log(12, 20, plus1)]
     wall = at(lsn(15), plus1).replace(tzinfo=None)
-    chain = plan(*sets, target=RecoveryTarget(time=wall))
+    chain = plan(*sets, stop=StopPoint(time=wall))
     assert files(chain)[-1] == "db1/LOG/log_12_20.trn"
     assert chain.steps[-1].stop_at == at(lsn(15), plus1).isoformat()
     assert chain.restores_to == at(lsn(15))
@@ -346,19 +346,19 @@ def test_naive_time_takes_the_offset_in_force_at_that_moment() -> None:
 def test_stop_at_aware_time_is_compared_in_utc() -> None:
     plus1 = timezone(timedelta(hours=1))
     target = at(lsn(26)).astimezone(timezone(timedelta(hours=-5)))
-    chain = plan(*_timeline(plus1), target=RecoveryTarget(time=target))
+    chain = plan(*_timeline(plus1), stop=StopPoint(time=target))
     assert files(chain) == ["db1/FULL/full_25.bak", "db1/LOG/log_20_30.trn"]
     assert chain.steps[-1].stop_at == target.astimezone(plus1).isoformat()
 
 
 def test_stop_at_time_equal_to_a_full_needs_no_log() -> None:
-    chain = plan(*_timeline(), target=RecoveryTarget(time=at(lsn(25))))
+    chain = plan(*_timeline(), stop=StopPoint(time=at(lsn(25))))
     assert files(chain) == ["db1/FULL/full_25.bak"]
     assert chain.steps[-1].stop_at is None
 
 
 def test_stop_at_time_before_the_first_full() -> None:
-    chain = plan(*_timeline(), target=RecoveryTarget(time=at(lsn(2))))
+    chain = plan(*_timeline(), stop=StopPoint(time=at(lsn(2))))
     assert chain.steps == ()
     finding = only(chain, "stop-at-unreachable")
     assert finding.severity is Severity.ERROR
@@ -368,7 +368,7 @@ def test_stop_at_time_before_the_first_full() -> None:
 
 
 def test_stop_at_time_after_the_last_log() -> None:
-    chain = plan(*_timeline(), target=RecoveryTarget(time=at(lsn(31))))
+    chain = plan(*_timeline(), stop=StopPoint(time=at(lsn(31))))
     assert files(chain) == ["db1/FULL/full_25.bak", "db1/LOG/log_20_30.trn"]
     assert chain.steps[-1].stop_at is None
     assert codes(chain) == [("stop-at-unreachable", Severity.ERROR)]
@@ -378,7 +378,7 @@ def test_stop_at_time_after_the_last_log() -> None:
 
 def test_stop_at_lsn_inside_a_log() -> None:
     target = lsn(9) + 3
-    chain = plan(*_timeline(), target=RecoveryTarget(lsn=target))
+    chain = plan(*_timeline(), stop=StopPoint(lsn=target))
     assert files(chain)[-1] == "db1/LOG/log_8_12.trn"
     assert chain.steps[-1].stop_at == f"lsn:{target}"
     assert chain.restores_to_lsn == target
@@ -386,26 +386,26 @@ def test_stop_at_lsn_inside_a_log() -> None:
 
 
 def test_stop_at_lsn_at_the_end_of_a_log_applies_it_whole() -> None:
-    chain = plan(*_timeline(), target=RecoveryTarget(lsn=lsn(12)))
+    chain = plan(*_timeline(), stop=StopPoint(lsn=lsn(12)))
     assert files(chain)[-1] == "db1/LOG/log_8_12.trn"
     assert chain.steps[-1].stop_at is None
     assert chain.restores_to_lsn == lsn(12)
 
 
 def test_stop_at_lsn_uses_the_latest_full_before_it() -> None:
-    chain = plan(*_timeline(), target=RecoveryTarget(lsn=lsn(27)))
+    chain = plan(*_timeline(), stop=StopPoint(lsn=lsn(27)))
     assert files(chain) == ["db1/FULL/full_25.bak", "db1/LOG/log_20_30.trn"]
 
 
 def test_stop_at_behind_a_gap_falls_back_to_nothing_and_says_why() -> None:
     f = full(5)
-    chain = plan(f, log(0, 8), log(10, 20), target=RecoveryTarget(lsn=lsn(15)))
+    chain = plan(f, log(0, 8), log(10, 20), stop=StopPoint(lsn=lsn(15)))
     assert {c for c, _ in codes(chain)} == {"chain-gap", "stop-at-unreachable"}
 
 
-def test_recovery_target_is_time_or_lsn() -> None:
+def test_stop_point_is_time_or_lsn() -> None:
     with pytest.raises(UsageError):
-        RecoveryTarget(time=T0, lsn=1)
+        StopPoint(time=T0, lsn=1)
 
 
 # Copy-only backups, forks, passwords, types
@@ -494,7 +494,7 @@ def test_simple_recovery_database_is_full_and_diff() -> None:
     f = full(5, recovery_model="SIMPLE")
     chain = plan(f, diff(10, f, recovery_model="SIMPLE"))
     assert kinds(chain) == ["full", "diff"] and chain.findings == ()
-    late = plan(f, diff(10, f, recovery_model="SIMPLE"), target=RecoveryTarget(lsn=lsn(11)))
+    late = plan(f, diff(10, f, recovery_model="SIMPLE"), stop=StopPoint(lsn=lsn(11)))
     assert "SIMPLE" in only(late, "stop-at-unreachable").hint
 
 
@@ -572,12 +572,12 @@ def histories(draw: st.DrawFn) -> History:
     return History(draw(st.permutations(sets)), regular, removed, broken, fulls)
 
 
-def _chain_of(sets: list[BackupSet], target: RecoveryTarget | None = None) -> Chain:
+def _chain_of(sets: list[BackupSet], stop: StopPoint | None = None) -> Chain:
     backups, findings = merge_stripes(sets)
     assert not [f for f in findings if f.severity is not Severity.INFO]
     groups = group_by_database(backups)
     assert len(groups) == 1
-    return select_chain(next(iter(groups.values())), target)
+    return select_chain(next(iter(groups.values())), stop)
 
 
 def _check_shape(chain: Chain) -> None:
@@ -679,7 +679,7 @@ def test_generated_stop_at_lsn(h: History, data: st.DataObject) -> None:
     if spot is None:
         return
     target = data.draw(st.integers(spot[0] + 1, spot[1] - 1))
-    chain = _chain_of(h.sets, RecoveryTarget(lsn=target))
+    chain = _chain_of(h.sets, StopPoint(lsn=target))
     _check_shape(chain)
     assert "stop-at-unreachable" not in {c for c, _ in codes(chain)}
     last = chain.steps[-1]
@@ -699,7 +699,7 @@ def test_generated_stop_at_time(h: History, data: st.DataObject) -> None:
     if spot is None:
         return
     when = at((spot[0] + spot[1]) // 2)
-    chain = _chain_of(h.sets, RecoveryTarget(time=when))
+    chain = _chain_of(h.sets, StopPoint(time=when))
     _check_shape(chain)
     assert "stop-at-unreachable" not in {c for c, _ in codes(chain)}
     last, finishes = chain.steps[-1], [s.backup.backup_finish for s in chain.steps]

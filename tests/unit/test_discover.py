@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from uuid import UUID
+
+import pytest
 
 from ferry.core.findings import Severity
 from ferry.engines.registry import all_engines
+from ferry.pipeline import discover
 from ferry.pipeline.discover import scan
 from ferry.stores.local import LocalFileReader, LocalStore
 
@@ -69,3 +73,26 @@ def test_file_still_being_written_is_set_aside(tmp_path: Path, corpus: Path) -> 
 def test_bytes_read_stay_small(corpus: Path) -> None:
     result = scan(LocalStore(corpus / "sql2008-backups"), all_engines())
     assert result.files and all(f.bytes_read <= 64 * 1024 for f in result.files)
+
+
+def test_a_scan_over_processes_gives_the_same_result(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large local scans run in one process per core; the results must not depend on it."""
+    for i, name in enumerate(("README.txt", "empty.trn")):
+        (tmp_path / name).write_bytes(b"notes" * i)
+    (tmp_path / "cut.trn").write_bytes(_sample(corpus)[:5000])
+    stores = [LocalStore(corpus), LocalStore(tmp_path)]
+    serial = [scan(s, all_engines(), workers=1) for s in stores]
+    # A store other than a plain local folder is never split over processes (it may hold connections).
+    assert discover._processes(GrowingStore(tmp_path)) == 1
+    monkeypatch.setattr(discover, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(discover, "_processes", lambda store: 2)
+    ticks: list[tuple[int, int | None]] = []
+    pooled = [
+        scan(s, all_engines(), progress=lambda done, total: ticks.append((done, total))) for s in stores
+    ]
+    assert pooled == serial
+    assert ticks[-1] == (len(serial[1].files), len(serial[1].files))
+    sets = [s for f in pooled[0].files for s in f.sets]
+    assert sets and all(type(s.backup_set_guid) is UUID for s in sets if hasattr(s, "backup_set_guid"))

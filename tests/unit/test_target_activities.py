@@ -88,11 +88,14 @@ def test_an_offline_last_backup_must_name_a_wal_segment() -> None:
     from types import SimpleNamespace
 
     from ferry.core.errors import UsageError
+    from ferry.engines.postgres.driver import until_lsn
     from ferry.service import workflow_io as io
-    from ferry.service.activities import TargetActivities
 
     plan = cast(pgm.SourcePlan, SimpleNamespace(source=SimpleNamespace(segment_size=16 << 20)))
-    until = TargetActivities._until_lsn
+
+    def until(m: io.MigrationInput, plan: pgm.SourcePlan) -> int | None:  # the driver's, as prepare calls it
+        return until_lsn(m.last_backup, m.mode == "online", plan.source.segment_size)
+
     last = io.MigrationInput("mig-d", "/b/pg", "t", "offline", "wal/000000010000000000000042")
     assert until(last, plan) == 0x43 << 24  # the end of segment 0x42
     assert until(io.MigrationInput("mig-d", "/b/pg", "t", "online", "x.trn"), plan) is None

@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from ferry.core.errors import UsageError
-from ferry.engines.postgres.cluster import OsUser, run
+from ferry.host import OsUser, run
 from ferry.service import workflow_io as io
 from ferry.service.activities import TargetActivities, TargetConfig
 from ferry.service.contracts import StateStore

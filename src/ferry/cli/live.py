@@ -18,7 +18,8 @@ from rich.live import Live
 from ferry.cli import render
 from ferry.core.migration import MigrationStatus
 from ferry.engines.postgres.cutover import CutoverRequest, pending_cutover, request_cutover
-from ferry.engines.postgres.migration import Migration, MigrationResult, MigrationSpec
+from ferry.engines.postgres.migration import MigrationResult, MigrationSpec
+from ferry.pipeline.migrate import Migration
 
 
 class _Keys:
@@ -88,7 +89,7 @@ def run_migration(
                 live.update(render.migration_panel(title, status, hint))
 
             with _Keys(on_key).running():
-                return Migration(spec, report, ask).run()
+                return MigrationResult(**Migration(spec, report, ask).run().result)
     printer = _LinePrinter(console)
 
     def report_lines(status: MigrationStatus) -> None:
@@ -96,7 +97,7 @@ def run_migration(
             on_status(status)
         printer.report(status)
 
-    return Migration(spec, report_lines, ask).run()
+    return MigrationResult(**Migration(spec, report_lines, ask).run().result)
 
 
 class _LinePrinter:

@@ -6,9 +6,7 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,11 +17,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from ferry import __version__
 from ferry.cli import render
 from ferry.cli.migrations import app as migrations_app
+from ferry.cli.script import script as script_command
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import FerryError, StoreError, UsageError
 from ferry.core.findings import has_errors
@@ -32,7 +30,7 @@ from ferry.pipeline.catalog import build_catalog, build_plan, select_databases
 from ferry.pipeline.discover import ScanResult, scan
 from ferry.stores.base import CheckedStore
 from ferry.stores.local import LocalStore
-from ferry.stores.location import StoreKind, parse_location, redact, redact_text
+from ferry.stores.location import StoreKind, parse_location, redact
 from ferry.stores.registry import open_location
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -45,16 +43,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(migrations_app, name="migrations")
+app.command("script")(script_command)
 out = Console()
 err = Console(stderr=True)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
-    # Messages may quote a location or what a server said: never print a password, SAS or key. Not
-    # markup (a URL may hold brackets), not wrapped (a URL must stay one piece to be copied).
-    err.print(Text.assemble(("error:", "bold red"), " ", redact_text(exc.message)), soft_wrap=True)
-    if exc.hint:
-        err.print(Text(f"hint: {redact_text(exc.hint)}", style="dim"), soft_wrap=True)
+    render.error(err, exc.message, exc.hint)
     return typer.Exit(code)
 
 
@@ -70,15 +65,8 @@ def _errors() -> Iterator[None]:
     except FerryError as exc:
         raise _fail(exc, EXIT_FINDINGS) from None
     except Exception as exc:
-        err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {redact_text(str(exc))}", highlight=False
-        )
-        err.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
+        render.internal_error(err, exc)
         raise typer.Exit(EXIT_INTERNAL) from None
-
-
-def _emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextmanager
@@ -158,9 +146,7 @@ def inspect(
                 try:
                     sets = engine.read(reader)
                 except FerryError as exc:
-                    message = redact_text(exc.message.replace(key, shown, 1))
-                    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
-                    err.print(Text(f"hint: {exc.hint}", style="dim"), soft_wrap=True)
+                    render.error(err, exc.message.replace(key, shown, 1), exc.hint)
                     failed = True
                     continue
             finally:
@@ -170,9 +156,9 @@ def inspect(
                 row["path"] = shown
                 rows.append(row)
         if as_json:
-            _emit_json(rows)
+            render.emit_json(rows)
         else:
-            _render_inspect(rows)
+            render.inspect(out, rows)
         if failed:
             raise typer.Exit(EXIT_INPUT)
 
@@ -203,37 +189,6 @@ def _inspect_row(s: object) -> dict[str, Any]:
     return row
 
 
-def _render_inspect(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    keys = (
-        "DatabaseName", "ServerName", "MachineName", "BackupTypeDescription", "Position", "FirstLSN",
-        "LastLSN", "CheckpointLSN", "DatabaseBackupLSN", "DifferentialBaseLSN", "BackupStartDate",
-        "BackupFinishDate", "SoftwareVersionMajor", "DatabaseVersion", "RecoveryModel", "Compressed",
-        "FamilyCount", "FamilySequenceNumber", "BackupSize", "BackupSetGUID", "HasMediaPassword",
-    )  # fmt: skip
-    for row in rows:
-        table = Table(title=row["path"], title_justify="left", show_header=False, box=None)
-        table.add_column(style="dim")
-        table.add_column()
-        for k in keys:
-            table.add_row(k, "" if row.get(k) is None else str(row[k]))
-        out.print(table)
-        files = Table(show_edge=False, box=None, padding=(0, 2, 0, 2))
-        for col in ("LogicalName", "Type", "FileGroupName", "Size", "PhysicalName"):
-            files.add_column(col)
-        for f in row["files"]:
-            files.add_row(
-                f["LogicalName"],
-                f["Type"],
-                f["FileGroupName"] or "",
-                render.size(f["Size"]),
-                f["PhysicalName"],
-            )
-        out.print(files)
-        out.print()
-
-
 @app.command("scan")
 def scan_cmd(
     path: Annotated[str, typer.Argument(help="Folder or store URL holding backups, in any layout.")],
@@ -244,7 +199,7 @@ def scan_cmd(
         result = _scan(path, as_json)
         cat = build_catalog(redact(path), result, all_engines())
         if as_json:
-            _emit_json(cat.to_json())
+            render.emit_json(cat.to_json())
         else:
             render.catalog(out, cat)
         if has_errors(list(cat.findings)):
@@ -288,11 +243,31 @@ def plan(
         result = _scan(path, as_json)
         p = select_databases(build_plan(redact(path), result, all_engines(), target=target), database or [])
         if as_json:
-            _emit_json(p.to_json())
+            render.emit_json(p.to_json())
         else:
             render.plan(out, p)
         if has_errors(p.all_findings()):
             raise typer.Exit(EXIT_FINDINGS)
+
+
+# The replay settings `migrate`, `serve` and `agent` share (see MigrationSpec).
+BlockedAfter = Annotated[
+    float,
+    typer.Option(
+        "--blocked-after",
+        help="Seconds replay may wait for a WAL file the store lacks before it is shown as blocked "
+        "(and an offline migration fails, naming the file).",
+        min=1.0,
+    ),
+]
+ReadyLag = Annotated[
+    int,
+    typer.Option(
+        "--ready-lag",
+        help="Once caught up, stay ReadyForCutover while the lag is within this many WAL segments.",
+        min=1,
+    ),
+]
 
 
 @app.command()
@@ -307,13 +282,23 @@ def migrate(
         str | None, typer.Option(help="OS user the target server runs as when Ferry runs as root.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Migrate a PostgreSQL source onto a new server from its backups; online until `ferry cutover`."""
     from ferry.cli.live import run_migration, target_path
     from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
 
     with _errors():
-        spec = MigrationSpec(source, target_path(to), online=online, port=port, os_user=os_user)
+        spec = MigrationSpec(
+            source,
+            target_path(to),
+            online=online,
+            port=port,
+            os_user=os_user,
+            blocked_after=blocked_after,
+            ready_lag_segments=ready_lag,
+        )
         try:
             result = run_migration(spec, err if as_json else out, f"migrating {source} to {spec.target}")
         except MigrationBlocked as exc:
@@ -323,7 +308,7 @@ def migrate(
             err.print("stopped; the target server keeps running. Run the same command again to resume.")
             raise typer.Exit(EXIT_FINDINGS) from None
         if as_json:
-            _emit_json(result.to_json())
+            render.emit_json(result.to_json())
         else:
             render.migration_result(out, result)
 
@@ -417,11 +402,14 @@ def serve(
     save_token: Annotated[
         bool, typer.Option("--save-token", help="Keep a new token in ~/.config/ferry/token for the CLI.")
     ] = False,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
+    from ferry.engines.base import ReplaySettings
+    from ferry.serve import ServeOptions, default_data, parse_target
+    from ferry.serve import serve as run_service
     from ferry.service.activities import TargetConfig
-    from ferry.service.serve import ServeOptions, default_data, parse_target
-    from ferry.service.serve import serve as run_service
 
     with _errors():
         folder = Path(os.path.abspath(data)) if data else default_data()
@@ -440,6 +428,7 @@ def serve(
             reset_token=reset_token,
             save_token=save_token,
             os_user=os_user,
+            replay=ReplaySettings(blocked_after, ready_lag),
         )
         with suppress(KeyboardInterrupt):
             run_service(options)
@@ -461,19 +450,28 @@ def agent(
         str | None,
         typer.Option("--store", help="The service's state store: file path or postgresql://... URL."),
     ] = None,
+    blocked_after: BlockedAfter = 60.0,
+    ready_lag: ReadyLag = 2,
 ) -> None:
     """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
     import asyncio
     import logging
 
     from ferry.agent.worker import run_agent
+    from ferry.engines.base import ReplaySettings
     from ferry.service.activities import TargetConfig
     from ferry.service.store import SqlStateStore
 
     with _errors():
         if concurrency < 1:
             raise UsageError("--concurrency must be at least 1", "give the number of restores to run at once")
-        cfg = TargetConfig(target, Path(os.path.abspath(root)), concurrency, os_user)
+        cfg = TargetConfig(
+            target,
+            Path(os.path.abspath(root)),
+            concurrency,
+            os_user,
+            replay=ReplaySettings(blocked_after, ready_lag),
+        )
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         state = SqlStateStore(store)
         err.print(

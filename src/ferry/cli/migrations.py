@@ -10,19 +10,13 @@ unreachable or the input unusable (4xx); 3 a server error (5xx) or a bug here.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console
 
 from ferry.cli import render
 from ferry.core.errors import FerryError, UsageError
@@ -138,36 +132,23 @@ def _session(api: str, token: str | None) -> Iterator[Client]:
     except (typer.Exit, typer.Abort):
         raise
     except ApiFailure as exc:
-        _print_error(exc.message, exc.hint)
+        render.error(err, exc.message, exc.hint)
         rejected = exc.details.get("rejected", []) if isinstance(exc.details, dict) else []
         for item in rejected[1:]:  # the first one is in the message
             err.print(f"  also refused: {item.get('reason')}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except UsageError as exc:
-        _print_error(exc.message, exc.hint)
+        render.error(err, exc.message, exc.hint)
         raise typer.Exit(EXIT_INPUT) from None
     except KeyboardInterrupt:
         err.print("stopped; the migrations go on in the service")
         raise typer.Exit(EXIT_OK) from None
     except Exception as exc:
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        err.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
+        render.internal_error(err, exc)
         raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         if client is not None:
             client.close()
-
-
-def _print_error(message: str, hint: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    if hint:
-        err.print(f"[dim]hint: {hint}[/]", highlight=False)
-
-
-def _emit_json(value: Any, lines: bool = False) -> None:
-    text = json.dumps(value, ensure_ascii=False) if lines else json.dumps(value, indent=2, ensure_ascii=False)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _state(value: str | None) -> str | None:
@@ -179,150 +160,6 @@ def _state(value: str | None) -> str | None:
         if s.value.lower() == wanted:
             return s.value
     raise UsageError(f"unknown state '{value}'", f"states: {', '.join(s.value for s in State)}")
-
-
-# -- rendering ------------------------------------------------------------------------------------------
-
-
-def _local(value: str | None, short: bool = False) -> str:
-    """An API timestamp in local time; `short` leaves out the year."""
-    if not value:
-        return "-"
-    return (
-        datetime.fromisoformat(value)
-        .astimezone()
-        .strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
-    )
-
-
-def _state_text(state: str) -> Text:
-    style = {
-        "Succeeded": "bold green",
-        "Failed": "bold red",
-        "Canceled": "yellow",
-        "ReadyForCutover": "bold cyan",
-        "CuttingOver": "bold magenta",
-    }.get(state, "")
-    return Text(state, style=style)
-
-
-def _lag(status: dict[str, Any], short: bool = False) -> str:
-    """The lag in time and in LSN (bytes of log); `short`: the time alone when there is one."""
-    seconds, lsn = status.get("lag_seconds"), status.get("lag_bytes")
-    parts = [render.duration(seconds)] if seconds is not None else []
-    if lsn is not None and not (short and parts):
-        parts.append(f"{render.size(int(lsn))} of LSN")
-    return ", ".join(parts) or "-"
-
-
-def _migrations_table(items: list[dict[str, Any]]) -> Table:
-    # No borders and a short time: one line per migration on a 90-column terminal (the mode is in `show`).
-    table = Table(box=None, padding=(0, 2, 0, 0), header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Name", overflow="fold", min_width=8)
-    table.add_column("State", no_wrap=True)
-    table.add_column("Target", no_wrap=True)
-    table.add_column("Pending", justify="right")
-    table.add_column("Lag", no_wrap=True)
-    table.add_column("Updated", no_wrap=True)
-    for m in items:
-        status = m.get("status") or {}
-        pending = status.get("pending_files")
-        table.add_row(
-            m["id"],
-            m["name"],
-            _state_text(m["state"]),
-            m["target"],
-            "-" if pending is None else str(pending),
-            _lag(status, short=True),
-            _local(m.get("updated_at"), short=True),
-        )
-    return table
-
-
-def _full_restored(m: dict[str, Any]) -> str:
-    details = (m.get("status") or {}).get("details") or {}
-    if details.get("full_backup_restored") is not None:
-        return "yes" if details["full_backup_restored"] else "no"
-    # Not reported: the state says it, since logs are restored only on top of the full backup.
-    after = {"RestoringLogs", "ReadyForCutover", "CuttingOver", "Succeeded"}
-    return "yes" if m["state"] in after else "no"
-
-
-def _detail(m: dict[str, Any]) -> RenderableType:
-    """One migration: what it is, where it is, what is left, what blocks it, and its backup sets."""
-    status: dict[str, Any] = m.get("status") or {}
-    kv = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    kv.add_column(style="dim", no_wrap=True)
-    kv.add_column(overflow="fold")
-    kv.add_row("state", _state_text(m["state"]))
-    kv.add_row("phase", status.get("phase") or "-")
-    kv.add_row("source", m["source"])
-    kv.add_row("target", f"{m['target']} ({m['mode']})")
-    if m.get("last_backup"):
-        kv.add_row("last backup", m["last_backup"])
-    if m.get("attempt", 1) > 1:
-        kv.add_row("attempt", str(m["attempt"]))
-    if m.get("error"):
-        kv.add_row("error", Text(m["error"], style="bold red"))
-    kv.add_row("full backup restored", _full_restored(m))
-    kv.add_row("restoring", status.get("current_file") or "-")
-    kv.add_row("last restored", status.get("last_file") or "-")
-    pending_size = render.size(status.get("pending_bytes") or 0)
-    kv.add_row("pending", f"{status.get('pending_files') or 0} log backup(s), {pending_size}")
-    if status.get("bytes_total"):
-        done, total = status.get("bytes_done") or 0, status["bytes_total"]
-        kv.add_row("progress", f"{render.size(done)} of {render.size(total)} ({100 * done / total:.0f}%)")
-    kv.add_row("throughput", render.rate(status.get("throughput")))
-    kv.add_row(
-        "positions",
-        f"source {status.get('source_position') or '-'}, target {status.get('target_position') or '-'}",
-    )
-    kv.add_row("lag", _lag(status))
-    kv.add_row("cutover would take", render.duration(status.get("cutover_estimate_seconds")))
-    if status.get("blocked_reason"):
-        kv.add_row("blocked", Text(status["blocked_reason"], style="bold red"))
-    kv.add_row("created", _local(m.get("created_at")))
-    kv.add_row("updated", _local(m.get("updated_at")))
-    parts: list[RenderableType] = [kv]
-    sets = ((status.get("details") or {}).get("backup_sets")) or []
-    if sets:
-        parts.append(_backup_sets(sets))
-    return Panel(Group(*parts), title=f"{m['name']} ({m['id']})", title_align="left")
-
-
-def _backup_sets(sets: list[dict[str, Any]]) -> Table:
-    table = Table(title="Backup sets", title_justify="left", box=None, padding=(0, 2, 0, 0))
-    for col in ("Set", "Kind", "File", "Status", "Reason"):
-        table.add_column(col, overflow="fold")
-    style = {"restored": "green", "restoring": "bold", "skipped": "yellow", "arrived": "dim"}
-    for s in sets:
-        files = s.get("files") or [{}]
-        for i, f in enumerate(files):
-            file_status = str(f.get("status") or "")
-            table.add_row(
-                str(s.get("name", "")) if i == 0 else "",
-                str(s.get("kind", "")) if i == 0 else "",
-                str(f.get("name") or ""),
-                Text(file_status, style=style.get(file_status, "")),
-                str(f.get("reason") or ""),
-            )
-    return table
-
-
-def _event_line(e: dict[str, Any]) -> Text:
-    style = {"state": "bold", "error": "bold red", "step": "", "info": "dim"}.get(e["kind"], "")
-    line = Text(f"{e['seq']:>5}  {_local(e['at'])}  ", style="dim")
-    line.append(f"{e['kind']:<5}  ", style=style)
-    line.append(e["message"], style=style)
-    data = e.get("data") or {}
-    if data.get("seconds") is not None:
-        line.append(f"  ({render.duration(float(data['seconds']))})", style="dim")
-    if data.get("command"):
-        line.append(f"\n{'':>7}{data['command']}", style="cyan")
-    if data.get("error") and e["kind"] != "error":
-        line.append(f"\n{'':>7}{data['error']}", style="red")
-    return line
 
 
 def _exit_for(m: dict[str, Any]) -> int:
@@ -374,9 +211,9 @@ def create(
         answer = client.call("POST", "/migrations", body={"migrations": items})
         created = answer["migrations"]
         if as_json:
-            _emit_json(answer)
+            render.emit_json(answer)
             return
-        out.print(_migrations_table(created))
+        out.print(render.migrations_table(created))
         out.print(f"{len(created)} migration(s) created; watch one with `ferry migrations show ID --watch`")
 
 
@@ -397,13 +234,13 @@ def list_cmd(
         params = {k: v for k, v in {"state": _state(state), "target": target}.items() if v}
         answer = client.call("GET", "/migrations", params=params)
         if as_json:
-            _emit_json(answer)
+            render.emit_json(answer)
             return
         items = answer["migrations"]
         if not items:
             out.print("no migrations" + (" match" if params else ""))
             return
-        out.print(_migrations_table(items))
+        out.print(render.migrations_table(items))
         counts: dict[str, int] = {}
         for m in items:
             counts[m["state"]] = counts.get(m["state"], 0) + 1
@@ -426,9 +263,9 @@ def show(
         m = client.call("GET", f"/migrations/{migration}")["migration"]
         if not watch:
             if as_json:
-                _emit_json({"migration": m})
+                render.emit_json({"migration": m})
             else:
-                out.print(_detail(m))
+                out.print(render.migration_detail(m))
             return
         m = _watch(client, m, as_json, interval)
         raise typer.Exit(_exit_for(m))
@@ -441,21 +278,21 @@ def _watch(client: Client, m: dict[str, Any], as_json: bool, interval: float) ->
         return dict(client.call("GET", f"/migrations/{m['id']}")["migration"])
 
     if as_json:
-        _emit_json({"migration": m}, lines=True)
+        render.emit_json({"migration": m}, lines=True)
         while not State(m["state"]).terminal:
             time.sleep(interval)
             new = fetch()
             if new != m:
-                _emit_json({"migration": new}, lines=True)
+                render.emit_json({"migration": new}, lines=True)
             m = new
         return m
     from rich.live import Live
 
-    with Live(_detail(m), console=out, auto_refresh=False) as live:
+    with Live(render.migration_detail(m), console=out, auto_refresh=False) as live:
         while not State(m["state"]).terminal:
             time.sleep(interval)
             m = fetch()
-            live.update(_detail(m), refresh=True)
+            live.update(render.migration_detail(m), refresh=True)
     return m
 
 
@@ -487,24 +324,11 @@ def cutover(
             body["final_lsn"] = {ids[0]: final_lsn}
         answer = client.call("POST", "/migrations/cutover", body=body)
         if as_json:
-            _emit_json(answer)
+            render.emit_json(answer)
         else:
-            _print_cutover(answer, all_ready)
+            render.cutover_answer(out, answer, all_ready)
         if answer["rejected"]:
             raise typer.Exit(EXIT_REFUSED)
-
-
-def _print_cutover(answer: dict[str, Any], all_ready: bool) -> None:
-    accepted, rejected = answer["accepted"], answer["rejected"]
-    if not accepted and not rejected and all_ready:
-        out.print("no migration is ReadyForCutover")
-    for a in accepted:
-        lsn = f", final LSN {a['final_lsn']}" if a.get("final_lsn") else ""
-        out.print(f"[green]cutover requested[/] {a['name']} ({a['id']}, {a['state']}{lsn})", highlight=False)
-    for r in rejected:
-        out.print(f"[red]refused[/] {r['name']} ({r['id']}): {r['reason']}", highlight=False)
-    if accepted:
-        out.print("each moves to CuttingOver, then Succeeded; follow with `ferry migrations show ID --watch`")
 
 
 @app.command()
@@ -518,7 +342,7 @@ def cancel(
     with _session(api, token) as client:
         answer = client.call("POST", f"/migrations/{migration}/cancel")
         if as_json:
-            _emit_json(answer)
+            render.emit_json(answer)
             return
         m = answer["migration"]
         out.print(
@@ -539,7 +363,7 @@ def retry(
     with _session(api, token) as client:
         answer = client.call("POST", f"/migrations/{migration}/retry")
         if as_json:
-            _emit_json(answer)
+            render.emit_json(answer)
             return
         m = answer["migration"]
         out.print(f"retrying {m['name']} ({m['id']}), attempt {m['attempt']}: {m['state']}", highlight=False)
@@ -564,21 +388,10 @@ def events(
             # The state first: a final state's event is written with it, so the fetch after sees it.
             m = client.call("GET", f"/migrations/{migration}")["migration"] if follow else None
             answer = client.call("GET", f"/migrations/{migration}/events", params={"after": last})
-            _print_events(answer, as_json, lines=follow)
+            render.events(out, answer, as_json, lines=follow)
             last = answer["last_seq"]
             if m is None:
                 return
             if State(m["state"]).terminal:
                 raise typer.Exit(_exit_for(m))
             time.sleep(interval)
-
-
-def _print_events(answer: dict[str, Any], as_json: bool, lines: bool) -> None:
-    if as_json and not lines:
-        _emit_json(answer)
-        return
-    for e in answer["events"]:
-        if as_json:
-            _emit_json(e, lines=True)
-        else:
-            out.print(_event_line(e), highlight=False)

@@ -1,12 +1,16 @@
-"""Human output: tables for catalogs, plans, headers and findings. JSON output bypasses all of this."""
+"""All of the CLI's output, in one place: tables for catalogs, plans, headers, findings and migrations, the
+live view's panels, errors with their hints, and JSON (which bypasses the rest). Commands stay thin: they
+call the layers and hand what they get to a function here."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -15,9 +19,34 @@ from ferry.core.catalog import Catalog
 from ferry.core.findings import Finding, Severity
 from ferry.core.migration import MigrationStatus
 from ferry.core.plan import Plan
+from ferry.stores.location import redact_text
 
 if TYPE_CHECKING:
     from ferry.engines.postgres.migration import MigrationResult
+
+
+def error(console: Console, message: str, hint: str) -> None:
+    # Messages may quote a location or what a server said: never print a password, SAS or key. Not
+    # markup (a URL may hold brackets), not wrapped (a URL must stay one piece to be copied).
+    console.print(Text.assemble(("error:", "bold red"), " ", redact_text(message)), soft_wrap=True)
+    if hint:
+        console.print(Text(f"hint: {redact_text(hint)}", style="dim"), soft_wrap=True)
+
+
+def internal_error(console: Console, exc: BaseException) -> None:
+    console.print(
+        Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {redact_text(str(exc))}"),
+        soft_wrap=True,
+    )
+    console.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
+
+
+def emit_json(value: Any, lines: bool = False) -> None:
+    """JSON on stdout: indented, or one object per line (`lines`, for streams of events)."""
+    text = json.dumps(value, ensure_ascii=False) if lines else json.dumps(value, indent=2, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -167,3 +196,201 @@ def migration_result(console: Console, result: MigrationResult) -> None:
     table.add_row("final LSN", result.final_lsn or "end of the archive")
     table.add_row("downtime", duration(result.downtime_seconds))
     console.print(table)
+
+
+def inspect(out: Console, rows: list[dict[str, Any]]) -> None:
+    """RESTORE HEADERONLY and FILELISTONLY of each backup set, as `ferry inspect` prints them."""
+    keys = (
+        "DatabaseName", "ServerName", "MachineName", "BackupTypeDescription", "Position", "FirstLSN",
+        "LastLSN", "CheckpointLSN", "DatabaseBackupLSN", "DifferentialBaseLSN", "BackupStartDate",
+        "BackupFinishDate", "SoftwareVersionMajor", "DatabaseVersion", "RecoveryModel", "Compressed",
+        "FamilyCount", "FamilySequenceNumber", "BackupSize", "BackupSetGUID", "HasMediaPassword",
+    )  # fmt: skip
+    for row in rows:
+        table = Table(title=row["path"], title_justify="left", show_header=False, box=None)
+        table.add_column(style="dim")
+        table.add_column()
+        for k in keys:
+            table.add_row(k, "" if row.get(k) is None else str(row[k]))
+        out.print(table)
+        files = Table(show_edge=False, box=None, padding=(0, 2, 0, 2))
+        for col in ("LogicalName", "Type", "FileGroupName", "Size", "PhysicalName"):
+            files.add_column(col)
+        for f in row["files"]:
+            files.add_row(
+                f["LogicalName"],
+                f["Type"],
+                f["FileGroupName"] or "",
+                size(f["Size"]),
+                f["PhysicalName"],
+            )
+        out.print(files)
+        out.print()
+
+
+# -- migrations of the service (`ferry migrations ...`) ---------------------------------------------------
+
+
+def local_time(value: str | None, short: bool = False) -> str:
+    """An API timestamp in local time; `short` leaves out the year."""
+    if not value:
+        return "-"
+    return (
+        datetime.fromisoformat(value)
+        .astimezone()
+        .strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
+    )
+
+
+def state_text(state: str) -> Text:
+    style = {
+        "Succeeded": "bold green",
+        "Failed": "bold red",
+        "Canceled": "yellow",
+        "ReadyForCutover": "bold cyan",
+        "CuttingOver": "bold magenta",
+    }.get(state, "")
+    return Text(state, style=style)
+
+
+def lag(status: dict[str, Any], short: bool = False) -> str:
+    """The lag in time and in LSN (bytes of log); `short`: the time alone when there is one."""
+    seconds, lsn = status.get("lag_seconds"), status.get("lag_bytes")
+    parts = [duration(seconds)] if seconds is not None else []
+    if lsn is not None and not (short and parts):
+        parts.append(f"{size(int(lsn))} of LSN")
+    return ", ".join(parts) or "-"
+
+
+def migrations_table(items: list[dict[str, Any]]) -> Table:
+    # No borders and a short time: one line per migration on a 90-column terminal (the mode is in `show`).
+    table = Table(box=None, padding=(0, 2, 0, 0), header_style="bold")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name", overflow="fold", min_width=8)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Target", no_wrap=True)
+    table.add_column("Pending", justify="right")
+    table.add_column("Lag", no_wrap=True)
+    table.add_column("Updated", no_wrap=True)
+    for m in items:
+        status = m.get("status") or {}
+        pending = status.get("pending_files")
+        table.add_row(
+            m["id"],
+            m["name"],
+            state_text(m["state"]),
+            m["target"],
+            "-" if pending is None else str(pending),
+            lag(status, short=True),
+            local_time(m.get("updated_at"), short=True),
+        )
+    return table
+
+
+def full_restored(m: dict[str, Any]) -> str:
+    details = (m.get("status") or {}).get("details") or {}
+    if details.get("full_backup_restored") is not None:
+        return "yes" if details["full_backup_restored"] else "no"
+    # Not reported: the state says it, since logs are restored only on top of the full backup.
+    after = {"RestoringLogs", "ReadyForCutover", "CuttingOver", "Succeeded"}
+    return "yes" if m["state"] in after else "no"
+
+
+def migration_detail(m: dict[str, Any]) -> RenderableType:
+    """One migration: what it is, where it is, what is left, what blocks it, and its backup sets."""
+    status: dict[str, Any] = m.get("status") or {}
+    kv = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    kv.add_column(style="dim", no_wrap=True)
+    kv.add_column(overflow="fold")
+    kv.add_row("state", state_text(m["state"]))
+    kv.add_row("phase", status.get("phase") or "-")
+    kv.add_row("source", m["source"])
+    kv.add_row("target", f"{m['target']} ({m['mode']})")
+    if m.get("last_backup"):
+        kv.add_row("last backup", m["last_backup"])
+    if m.get("attempt", 1) > 1:
+        kv.add_row("attempt", str(m["attempt"]))
+    if m.get("error"):
+        kv.add_row("error", Text(m["error"], style="bold red"))
+    kv.add_row("full backup restored", full_restored(m))
+    kv.add_row("restoring", status.get("current_file") or "-")
+    kv.add_row("last restored", status.get("last_file") or "-")
+    pending_size = size(status.get("pending_bytes") or 0)
+    kv.add_row("pending", f"{status.get('pending_files') or 0} log backup(s), {pending_size}")
+    if status.get("bytes_total"):
+        done, total = status.get("bytes_done") or 0, status["bytes_total"]
+        kv.add_row("progress", f"{size(done)} of {size(total)} ({100 * done / total:.0f}%)")
+    kv.add_row("throughput", rate(status.get("throughput")))
+    kv.add_row(
+        "positions",
+        f"source {status.get('source_position') or '-'}, target {status.get('target_position') or '-'}",
+    )
+    kv.add_row("lag", lag(status))
+    kv.add_row("cutover would take", duration(status.get("cutover_estimate_seconds")))
+    if status.get("blocked_reason"):
+        kv.add_row("blocked", Text(status["blocked_reason"], style="bold red"))
+    kv.add_row("created", local_time(m.get("created_at")))
+    kv.add_row("updated", local_time(m.get("updated_at")))
+    parts: list[RenderableType] = [kv]
+    sets = ((status.get("details") or {}).get("backup_sets")) or []
+    if sets:
+        parts.append(backup_sets(sets))
+    return Panel(Group(*parts), title=f"{m['name']} ({m['id']})", title_align="left")
+
+
+def backup_sets(sets: list[dict[str, Any]]) -> Table:
+    table = Table(title="Backup sets", title_justify="left", box=None, padding=(0, 2, 0, 0))
+    for col in ("Set", "Kind", "File", "Status", "Reason"):
+        table.add_column(col, overflow="fold")
+    style = {"restored": "green", "restoring": "bold", "skipped": "yellow", "arrived": "dim"}
+    for s in sets:
+        files = s.get("files") or [{}]
+        for i, f in enumerate(files):
+            file_status = str(f.get("status") or "")
+            table.add_row(
+                str(s.get("name", "")) if i == 0 else "",
+                str(s.get("kind", "")) if i == 0 else "",
+                str(f.get("name") or ""),
+                Text(file_status, style=style.get(file_status, "")),
+                str(f.get("reason") or ""),
+            )
+    return table
+
+
+def event_line(e: dict[str, Any]) -> Text:
+    style = {"state": "bold", "error": "bold red", "step": "", "info": "dim"}.get(e["kind"], "")
+    line = Text(f"{e['seq']:>5}  {local_time(e['at'])}  ", style="dim")
+    line.append(f"{e['kind']:<5}  ", style=style)
+    line.append(e["message"], style=style)
+    data = e.get("data") or {}
+    if data.get("seconds") is not None:
+        line.append(f"  ({duration(float(data['seconds']))})", style="dim")
+    if data.get("command"):
+        line.append(f"\n{'':>7}{data['command']}", style="cyan")
+    if data.get("error") and e["kind"] != "error":
+        line.append(f"\n{'':>7}{data['error']}", style="red")
+    return line
+
+
+def cutover_answer(out: Console, answer: dict[str, Any], all_ready: bool) -> None:
+    accepted, rejected = answer["accepted"], answer["rejected"]
+    if not accepted and not rejected and all_ready:
+        out.print("no migration is ReadyForCutover")
+    for a in accepted:
+        lsn = f", final LSN {a['final_lsn']}" if a.get("final_lsn") else ""
+        out.print(f"[green]cutover requested[/] {a['name']} ({a['id']}, {a['state']}{lsn})", highlight=False)
+    for r in rejected:
+        out.print(f"[red]refused[/] {r['name']} ({r['id']}): {r['reason']}", highlight=False)
+    if accepted:
+        out.print("each moves to CuttingOver, then Succeeded; follow with `ferry migrations show ID --watch`")
+
+
+def events(out: Console, answer: dict[str, Any], as_json: bool, lines: bool) -> None:
+    if as_json and not lines:
+        emit_json(answer)
+        return
+    for e in answer["events"]:
+        if as_json:
+            emit_json(e, lines=True)
+        else:
+            out.print(event_line(e), highlight=False)

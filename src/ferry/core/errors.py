@@ -4,9 +4,14 @@ from __future__ import annotations
 
 
 class FerryError(Exception):
-    """Base of every error Ferry raises on purpose. `hint` tells the user what to do next."""
+    """Base of every error Ferry raises on purpose. `hint` tells the user what to do next.
+
+    `retryable`: whether running the same step again may succeed (a store or server briefly unreachable,
+    a killed process). The service retries those with backoff and fails a migration at once on the
+    others, whose cause no retry can fix (bad input, blocked backups, a damaged archive)."""
 
     hint: str = ""
+    retryable: bool = True
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -20,6 +25,8 @@ class FerryError(Exception):
 
 class UsageError(FerryError):
     """The user's input cannot be used: a bad option value, a path that does not exist."""
+
+    retryable = False
 
 
 class StoreError(FerryError):

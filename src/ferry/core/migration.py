@@ -6,7 +6,8 @@ The states follow the ones DBAs know from Azure DMS database migrations. A migra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -50,6 +51,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 
 class InvalidTransition(FerryError):
+    retryable = False
+
     def __init__(self, current: State, wanted: State) -> None:
         allowed = ", ".join(sorted(s.value for s in TRANSITIONS[current])) or "none (final)"
         super().__init__(
@@ -105,3 +108,36 @@ class MigrationStatus:
             "cutover_estimate_seconds": self.cutover_estimate_seconds,
             "details": self.details,
         }
+
+
+class StatusReporter:
+    """The latest MigrationStatus of one migration: moves its state along TRANSITIONS and hands every
+    change to `sink` (the terminal view, or the service's store and heartbeats)."""
+
+    def __init__(self, sink: Callable[[MigrationStatus], None], state: State = State.QUEUED,
+                 phase: str = "queued", details: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.sink = sink
+        self.status = MigrationStatus(state, phase, details=dict(details or {}))
+
+    @property
+    def state(self) -> State:
+        return self.status.state
+
+    def emit(self, state: State | None = None, **changes: Any) -> MigrationStatus:
+        new = transition(self.status.state, state) if state is not None else self.status.state
+        self.status = replace(self.status, state=new, **changes)
+        self.sink(self.status)
+        return self.status
+
+
+# What a status stops showing once the migration succeeded: there is nothing left to restore.
+AFTER_CUTOVER: dict[str, Any] = {
+    "lag_bytes": None,
+    "lag_seconds": None,
+    "pending_files": 0,
+    "pending_bytes": 0,
+    "blocked_reason": None,
+    "cutover_estimate_seconds": None,
+    "throughput": None,
+    "current_file": None,
+}

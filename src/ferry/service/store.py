@@ -49,11 +49,13 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_UPGRADE_LOCK = 0x46455252  # "FERR": serializes schema upgrades of servers starting together
 
 
-class StoreError(FerryError):
+class StateStoreError(FerryError):
     """The state store cannot be opened or used."""
 
 
 class UnknownMigration(FerryError, LookupError):
+    retryable = False
+
     def __init__(self, migration_id: str) -> None:
         super().__init__(f"no migration '{migration_id}'", "list the migrations with `ferry migrations list`")
         self.migration_id = migration_id
@@ -341,7 +343,7 @@ class SqlStateStore:
         except sa.exc.OperationalError as exc:
             self.close()
             shown = sa.make_url(self.url).render_as_string(hide_password=True)
-            raise StoreError(
+            raise StateStoreError(
                 f"cannot open the state store '{shown}': {exc.orig}",
                 "check that the database server is running and the URL, user and database are right",
             ) from None

@@ -28,7 +28,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from ferry.core.errors import UsageError
-from ferry.engines.postgres.cluster import free_port, port_in_use
+from ferry.host import free_port, port_in_use
 
 BINARY = "temporal"
 DB_FILE = "temporal.db"

@@ -42,18 +42,6 @@ Q_STATUS = "status"
 # The states a step records itself as it starts (StepInput.enter), and the phase it shows then.
 ENTRY_PHASES = {"Validating": "reading the source's backups", "CuttingOver": "cutting over"}
 
-# Error types raised by activities that no retry can fix (ApplicationError.type).
-NON_RETRYABLE = (
-    "MigrationBlocked",
-    "UsageError",
-    "TargetError",
-    "ArchiveEntryError",
-    "ManifestMismatch",
-    "InvalidTransition",
-    "UnknownMigration",
-    "UnknownTarget",
-)
-
 
 def restore_queue(target: str) -> str:
     """Where the restores of `target` run, at most its concurrency at once."""
@@ -75,6 +63,7 @@ class MigrationInput:
     mode: str = "online"  # "online" | "offline"
     last_backup: str | None = None
     attempt: int = 1
+    database: str | None = None  # which database of the source's store (SQL Server); None: the only one
 
 
 @dataclass
@@ -109,21 +98,52 @@ class EventInput:
 
 @dataclass
 class Prepared:
-    """What validate found and set up: the base backup, the WAL to follow and the target folder."""
+    """What validate found and set up (engines/base.py: Prepared): the engine, where the migration restores,
+    its phase ("new" and "interrupted" need the full backup restored), the full backup's size, and the
+    engine's own state, opaque here.
 
-    target_root: str
-    port: int
-    system_identifier: str
-    phase: str  # the target folder's phase (target.Phase) when validate looked
-    base_tar: str
-    base_archives: list[str]
-    base_manifest: str | None
-    base_size: int
-    base_start_lsn: int
-    timeline: int
-    segment_size: int
-    archive_end_lsn: int
-    until_lsn: int | None = None  # offline with a last backup: replay to here, then cut over
+    The fields before `engine` are what workflows started before the execution seam carry in their
+    history: a PostgreSQL migration's state at the top level. They stay, empty in new workflows, so those
+    histories still decode (activities.prepared_in reads them as the PostgreSQL engine's state)."""
+
+    target_root: str = ""
+    port: int = 0
+    system_identifier: str = ""
+    phase: str = ""
+    base_tar: str = ""
+    base_archives: list[str] = field(default_factory=list)
+    base_manifest: str | None = None
+    base_size: int = 0
+    base_start_lsn: int = 0
+    timeline: int = 0
+    segment_size: int = 0
+    archive_end_lsn: int = 0
+    until_lsn: int | None = None
+    engine: str = ""
+    target: str = ""
+    size: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_size(self) -> int:
+        return self.size or self.base_size
+
+
+# The fields of Prepared that are a PostgreSQL migration's state in histories from before the seam.
+LEGACY_STATE = (
+    "target_root",
+    "port",
+    "system_identifier",
+    "base_tar",
+    "base_archives",
+    "base_manifest",
+    "base_size",
+    "base_start_lsn",
+    "timeline",
+    "segment_size",
+    "archive_end_lsn",
+    "until_lsn",
+)
 
 
 @dataclass

@@ -43,28 +43,24 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 
 # Recording in the state store: quick, retried for as long as it takes (the store may be restarting).
-RECORD_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    non_retryable_error_types=["InvalidTransition", "UnknownMigration"],
-)
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10))
 # A step's heartbeat timeout: a dead agent is noticed within this, and its activity retried elsewhere.
 HEARTBEAT = timedelta(seconds=10)
 # Replay's is longer: the target server replays on its own while its agent is away (the activity only
 # feeds the spool and reports), and hundreds of migrations wait in ReadyForCutover for days, each
 # heartbeating at 80% of this (the SDK's throttle) into Temporal.
 REPLAY_HEARTBEAT = timedelta(seconds=30)
+# Errors no retry can fix come as non-retryable ApplicationErrors (FerryError.retryable): no list of
+# error types here.
 VALIDATE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
-    non_retryable_error_types=list(io.NON_RETRYABLE),
 )
 RESTORE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=10,
-    non_retryable_error_types=list(io.NON_RETRYABLE),
 )
 # Replay follows the archive for as long as the migration is online: retried without limit (a target
 # server that cannot start shows in the activity's failures and in the events of each new attempt).
@@ -72,7 +68,6 @@ REPLAY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=0,
-    non_retryable_error_types=list(io.NON_RETRYABLE),
 )
 CUTOVER_RETRY = RESTORE_RETRY
 STOP_RETRY = RetryPolicy(
@@ -181,9 +176,9 @@ class MigrationWorkflow:
             await self._record(
                 inp,
                 "RestoringFull",
-                phase="unpacking the base backup",
+                phase="restoring the full backup",
                 bytes_done=0,
-                bytes_total=prepared.base_size,
+                bytes_total=prepared.full_size,
             )
             restored = await self._step(
                 workflow.start_activity(

@@ -1,9 +1,9 @@
 """The WAL archive at run time: what `archive_command` and `restore_command` run, and the prefetch spool.
 
-Store layout: every WAL file PostgreSQL archives goes to `STORE/wal/<its file name>`, name unchanged:
-segments (`000000010000000A000000FF`), timeline histories (`00000002.history`), backup labels
-(`...00000028.backup`) and partial segments (`....partial`). Ferry's readers find WAL by content, not by
-this layout; the layout only lets `restore_command` find a file by the name PostgreSQL asks for.
+Store layout: `ferry wal-push` puts every WAL file PostgreSQL archives at `STORE/wal/<its file name>`, name
+unchanged: segments (`000000010000000A000000FF`), timeline histories (`00000002.history`), backup labels
+(`...00000028.backup`) and partial segments (`....partial`). Nothing depends on that layout: restores find
+each file by name wherever another archive_command put it, compressed or not (walstore.WalIndex).
 
 Restore path, fastest first (see `restore_command`):
 
@@ -13,7 +13,8 @@ Restore path, fastest first (see `restore_command`):
 2. an "absent" marker: while a standby waits for WAL that is not archived yet, PostgreSQL asks for it every
    `wal_retrieve_retry_interval`; the prefetcher, which watches the store anyway, leaves a marker for the
    names it knows are missing so the shell answers "not found" without starting Python either;
-3. `ferry wal-fetch`: everything else (a spool miss, no prefetcher running) copies from the store.
+3. `ferry wal-fetch`: everything else (a spool miss, no prefetcher running) copies from the store, at the
+   key the prefetcher's index (`spool/.index/wal.json`) gives.
 
 Only this module's imports are needed by `wal_push`/`wal_fetch`: stdlib and Ferry's core and stores, so the
 commands start fast and run under any Python that can import Ferry.
@@ -50,13 +51,24 @@ from ferry.engines.postgres.wal import (
     parse_lsn,
     parse_segment_name,
 )
-from ferry.stores.base import BackupStore, RangeReader
+from ferry.engines.postgres.walstore import (
+    COPY_CHUNK,
+    DEFAULT_FOLDER,
+    WAL_FILE,
+    WalArchiveError,
+    WalIndex,
+    fetch_to,
+    has_segment_size,
+    is_segment_size,
+    locate,
+    read_text,
+    temp_beside,
+)
+from ferry.stores.base import BackupStore
 from ferry.stores.registry import open_store
 
-WAL_PREFIX = "wal/"
-COPY_CHUNK = 4 * 1024 * 1024
-MIN_SEGMENT_SIZE = 1024 * 1024
-MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
+WAL_PREFIX = DEFAULT_FOLDER + "/"  # where `ferry wal-push` archives; readers find WAL wherever it is
+INDEX_FILE = ".index/wal.json"  # in the spool: the prefetcher's WalIndex, for `ferry wal-fetch`
 ABSENT_DIR = ".absent"
 IDLE_POLL_SECONDS = 2.0  # the longest a prefetcher waits between rounds while nothing moves
 OWNER_FILE = ".owner"
@@ -70,13 +82,7 @@ _PARTIAL_REASON = (
     "copy of this segment holds its WAL"
 )
 
-_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _BACKUP_HISTORY = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")  # start segment, offset in it
-_WAL_FILE = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
-
-
-class WalArchiveError(FerryError):
-    """A WAL file could not be archived or restored."""
 
 
 class WalConflict(WalArchiveError):
@@ -108,21 +114,12 @@ class PushResult:
 def check_wal_name(name: str) -> str:
     """`name` if it is a WAL file name PostgreSQL archives or asks for; UsageError otherwise. Names also
     become paths, so this is what keeps `..` or `/` out of the store and the spool."""
-    if not _WAL_FILE.match(name):
+    if not WAL_FILE.match(name):
         raise UsageError(
             f"'{name}' is not a WAL file name (a 24-hex-digit segment, .partial, .backup or .history)",
             "archive_command must pass %p and restore_command %f; check the command in postgresql.conf",
         )
     return name
-
-
-def is_segment_size(size: int) -> bool:
-    """PostgreSQL segments are a power of two between 1 MiB and 1 GiB (initdb --wal-segsize)."""
-    return MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE and size & (size - 1) == 0
-
-
-def _has_segment_size(name: str) -> bool:
-    return bool(_SEGMENT.match(name[:24])) and (len(name) == 24 or name.endswith(".partial"))
 
 
 def local_store_root(store_location: str) -> Path:
@@ -146,21 +143,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_from(reader: RangeReader, fd: int, size: int, chunk: int) -> int:
-    """Copy up to `size` bytes of `reader` into `fd` in `chunk`-sized ranged reads; returns bytes written
-    (fewer than `size` when the object ended early: the caller compares)."""
-    done = 0
-    while done < size:
-        data = reader.read(done, min(chunk, size - done))
-        if not data:
-            break
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        done += len(data)
-    return done
 
 
 def _copy_fd(src: int, dst: int, size: int) -> int:
@@ -243,7 +225,7 @@ def wal_push(segment_path: Path, store_location: str) -> PushResult:
     tmp = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         size = os.fstat(src).st_size
-        if _has_segment_size(name) and not is_segment_size(size):
+        if has_segment_size(name) and not is_segment_size(size):
             raise WalArchiveError(
                 f"WAL segment '{segment_path}' has {size} bytes, not a segment size",
                 "segments are a power of two between 1 MiB and 1 GiB; the file may be damaged",
@@ -303,15 +285,17 @@ def wal_fetch(name: str, dest: Path, store_location: str, spool: Path | None = N
     damaged file), which must not look like the end of the archive.
 
     From the spool when the prefetcher put it there: a rename, no copy, when spool and PGDATA share a file
-    system. Else a copy from the store to a temp name beside `dest`, then a rename, so PostgreSQL never
-    sees half a file. No fsync: a restored file is re-fetched after a crash.
+    system. Else from the key the store holds it at (walstore.locate: the prefetcher's index, the folders
+    that hold WAL, a listing), decompressed if another tool compressed it, through a temp name beside
+    `dest`, so PostgreSQL never sees half a file. No fsync: a restored file is re-fetched after a crash.
     """
     check_wal_name(name)
     dest = Path(dest)
     if spool is not None and _take_from_spool(Path(spool) / name, dest):
         return True
     store = open_store(store_location)
-    return fetch_to(store, name, dest) is not None
+    found = locate(store, name, Path(spool) / INDEX_FILE if spool is not None else None)
+    return found is not None and fetch_to(store, found, dest) >= 0
 
 
 def _take_from_spool(path: Path, dest: Path) -> bool:
@@ -325,7 +309,7 @@ def _take_from_spool(path: Path, dest: Path) -> bool:
             raise WalArchiveError(
                 f"cannot move '{path}' to '{dest}': {exc.strerror}", "check the spool folder's owner"
             ) from None
-    tmp = _temp_beside(dest)
+    tmp = temp_beside(dest)
     try:
         with open(path, "rb") as src, open(tmp, "wb") as dst:
             size = os.fstat(src.fileno()).st_size
@@ -340,48 +324,6 @@ def _take_from_spool(path: Path, dest: Path) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return True
-
-
-def _temp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.ferry-tmp")
-
-
-def fetch_to(store: BackupStore, name: str, dest: Path, *, chunk: int = COPY_CHUNK) -> int | None:
-    """Copy `wal/<name>` from `store` to `dest` through a temp name; its size, or None if absent."""
-    key = WAL_PREFIX + name
-    try:
-        reader = store.open(key)
-    except ObjectNotFound:
-        return None
-    tmp = _temp_beside(dest)
-    try:
-        size = reader.size
-        if _has_segment_size(name) and not is_segment_size(size):
-            raise WalArchiveError(
-                f"'{key}' in store '{store.url}' has {size} bytes, not a WAL segment size",
-                "the file is truncated or damaged; archive it again from the source's pg_wal if it is "
-                "still there",
-            )
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            done = _write_from(reader, fd, size, chunk)
-        finally:
-            os.close(fd)
-        if done != size:
-            raise WalArchiveError(
-                f"'{key}' in store '{store.url}' ended at byte {done} of {size}",
-                "the file changed while it was read; PostgreSQL asks again",
-            )
-        os.rename(tmp, dest)
-        return size
-    except OSError as exc:
-        raise WalArchiveError(
-            f"cannot write '{dest}' from '{key}': {exc.strerror}", "check free space in the target folder"
-        ) from None
-    finally:
-        reader.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def ferry_command() -> list[str]:
@@ -588,6 +530,7 @@ class Prefetcher:
         if not is_segment_size(segment_size):
             raise UsageError(f"WAL segment size {segment_size} is not a power of two from 1 MiB to 1 GiB")
         self.store = store if store is not None else open_store(store_location)
+        self.wal_index = WalIndex(self.store)
         self.spool = Path(spool)
         self.segment_size = segment_size
         cap = depth if max_bytes is None else min(depth, max_bytes // segment_size)
@@ -808,6 +751,10 @@ class Prefetcher:
         """One round: follow timelines, drop spool files replay is past, fetch what is missing, mark what
         the store does not have. Runs in the thread; tests call it directly."""
         self._harvest()
+        # Before the plan: WAL may be anywhere in the store, so the index must be fresh.
+        listed = not self.wal_index.listed or time.monotonic() - self._last_listing >= self.list_interval
+        if listed:
+            self._refresh()
         with self._lock:
             replay = self._replay
         if replay is None:
@@ -852,7 +799,9 @@ class Prefetcher:
             self._missing = missing
         if self.absent_markers:
             self._mark_absent(absent)
-        if new_missing or time.monotonic() - self._last_listing >= self.list_interval:
+        if new_missing:
+            self._refresh()
+        if listed or new_missing:
             self._list()
 
     def _drop_stale(self, current: int, chain: TimelineChain) -> set[str]:
@@ -874,11 +823,7 @@ class Prefetcher:
         return parsed.segno if parsed else -1
 
     def _exists(self, name: str) -> bool:
-        try:
-            self.store.stat(WAL_PREFIX + name)
-            return True
-        except ObjectNotFound:
-            return False
+        return self.wal_index.find(name) is not None
 
     def _follow_timelines(self, replay: int) -> int:
         """Probe `<target+1>.history` upwards like PostgreSQL's findNewestTimeLine; switch to a newer
@@ -917,14 +862,13 @@ class Prefetcher:
         self._ancestry_known = True
 
     def _read_small(self, name: str) -> str | None:
-        try:
-            reader = self.store.open(WAL_PREFIX + name)
-        except ObjectNotFound:
+        obj = self.wal_index.find(name)
+        if obj is None:
             return None
         try:
-            return reader.read(0, reader.size).decode("utf-8", "replace")
-        finally:
-            reader.close()
+            return read_text(self.store, obj)
+        except ObjectNotFound:
+            return None  # removed since the listing
 
     def _submit(self, name: str) -> None:
         if self._pool is None:  # poll() called without start(): fetch inline (tests)
@@ -945,31 +889,23 @@ class Prefetcher:
 
     def _fetch(self, name: str) -> None:
         started = time.monotonic()
-        reader = self.store.open(WAL_PREFIX + name)
-        tmp = self.spool / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        obj = self.wal_index.find(name)
+        if obj is None:
+            raise WalArchiveError(
+                f"WAL file {name} is no longer in store '{self.store.url}'",
+                "it was removed after it was listed; Ferry looks for it again",
+            )
+        with self._lock:
+            self._delivered.add(name)  # before the rename: the server may take it at once
         try:
-            size = reader.size
-            if not is_segment_size(size):
-                raise WalArchiveError(
-                    f"'{WAL_PREFIX}{name}' in store '{self.store.url}' has {size} bytes, not a segment size",
-                    "the file is truncated or damaged; archive it again from the source's pg_wal",
-                )
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                done = _write_from(reader, fd, size, COPY_CHUNK)
-                if self.owner is not None:
-                    os.fchown(fd, self.owner.uid, self.owner.gid)
-            finally:
-                os.close(fd)
-            if done != size:
-                raise WalArchiveError(f"'{WAL_PREFIX}{name}' ended at byte {done} of {size}", "retried")
+            owner = (self.owner.uid, self.owner.gid) if self.owner is not None else None
+            size = fetch_to(self.store, obj, self.spool / name, owner=owner)
+        except BaseException as exc:
             with self._lock:
-                self._delivered.add(name)  # before the rename: the server may take it at once
-            os.rename(tmp, self.spool / name)
-        finally:
-            reader.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                self._delivered.discard(name)
+            if isinstance(exc, ObjectNotFound):
+                self.wal_index.forget(name)  # removed since the listing: the next round looks again
+            raise
         with self._lock:
             self._fetched += 1
             self._bytes += size
@@ -984,6 +920,15 @@ class Prefetcher:
         for name in names - have:
             _write_small(folder / name, "")
 
+    def _refresh(self) -> None:
+        """List the store: the index of where each WAL file is (saved for `ferry wal-fetch` when this
+        prefetcher answers for the store)."""
+        self.wal_index.refresh()
+        self._last_listing = time.monotonic()
+        if self.absent_markers:
+            (self.spool / INDEX_FILE).parent.mkdir(mode=0o755, exist_ok=True)
+            self.wal_index.save(self.spool / INDEX_FILE)
+
     def _list(self) -> None:
         """The archive's end on the followed timelines, and every segment's place on the restore path (for
         `stats()`: its files, counts and pending segments), from one listing (less often than the planning
@@ -994,8 +939,8 @@ class Prefetcher:
         segments: list[tuple[int, int, int]] = []  # (segno, timeline, size), every timeline
         partials: list[tuple[int, int, WalFileStatus]] = []
         backups: list[int] = []
-        for info in self.store.iter_objects(WAL_PREFIX):
-            name = info.key[len(WAL_PREFIX) :]
+        for info in self.wal_index.objects():
+            name = info.name
             parsed = parse_segment_name(name, self.segment_size)
             if parsed is None:
                 label = _BACKUP_HISTORY.match(name)
@@ -1014,7 +959,6 @@ class Prefetcher:
             seg_end = parsed.end_lsn(self.segment_size)
             end = seg_end if end is None else max(end, seg_end)
         listing = self._index(segments, partials, chain, backups)
-        self._last_listing = time.monotonic()
         with self._lock:
             self._archive_end, self._listing = end, listing
 

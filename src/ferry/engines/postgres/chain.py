@@ -381,7 +381,8 @@ def _choose_segments(
     sysid: int, segments: Sequence[WalSegment]
 ) -> tuple[list[WalSegment], list[WalSegment], list[Finding]]:
     """One file per segment. A file whose name says another segment than its header is an error (another
-    tool restoring by name would replay the wrong WAL); it is still placed by its header. `*.partial`
+    tool restoring by name would replay the wrong WAL), and so is one not named as a segment at all
+    (restore_command asks by name: nothing would find it); both are still placed by their headers. `*.partial`
     files (the unfinished last segment of a timeline) are never asked for by recovery."""
     findings: list[Finding] = []
     mismatched = sorted((s for s in segments if s.name_mismatch), key=lambda s: s.key)
@@ -396,6 +397,19 @@ def _choose_segments(
                 f"(timeline {s.header.timeline}, LSN {format_lsn(s.header.start_lsn)})",
                 "store each segment under its own name: rename the file to what its header says, or copy "
                 "the segment again from the server's archive",
+                (s.key,),
+            )
+        )
+    for s in sorted((s for s in segments if s.named_as is None and not s.partial), key=lambda s: s.key):
+        findings.append(
+            Finding(
+                "wal-unnamed",
+                Severity.ERROR,
+                f"WAL file '{s.key}' holds segment {s.header.name} of system {sysid} (timeline "
+                f"{s.header.timeline}, LSN {format_lsn(s.header.start_lsn)}) but is not named as a segment: "
+                "PostgreSQL's restore_command asks for WAL by name, so no restore finds it",
+                f"rename it to {s.header.name} (a .gz, .lz4 or .zst suffix may follow), the name "
+                "archive_command's %f gives it",
                 (s.key,),
             )
         )

@@ -10,17 +10,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.engines.base import CutoverRequest
+
+__all__ = ["CutoverRequest", "clear_cutover", "pending_cutover", "request_cutover"]
+
 REQUEST_FILE = "cutover.request"
-
-
-@dataclass(frozen=True)
-class CutoverRequest:
-    requested_at: float  # time.time() when asked: downtime is measured from here
-    final_lsn: str | None = None  # replay at least to here before promoting (X/Y)
-    source_dsn: str | None = None  # if given, Ferry closes the source's current WAL segment itself
 
 
 def request_cutover(

@@ -26,21 +26,21 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ferry.core.errors import FerryError, UsageError
 from ferry.core.findings import Finding, Severity
-from ferry.core.migration import MigrationStatus, State, transition
+from ferry.core.migration import State, StatusReporter
+from ferry.engines.base import MigrationJob, ReplaySettings, SourceFiles, TargetSpec
 from ferry.engines.postgres import archive, chain
 from ferry.engines.postgres.cluster import free_port
 from ferry.engines.postgres.cutover import CutoverRequest, clear_cutover
-from ferry.engines.postgres.engine import PostgresEngine
+from ferry.engines.postgres.engine import ENGINE
 from ferry.engines.postgres.reader import parse_label
 from ferry.engines.postgres.target import (
-    ExtractProgress,
     Phase,
     PostgresTarget,
     ProgressCallback,
@@ -48,8 +48,7 @@ from ferry.engines.postgres.target import (
     TargetStatus,
     Verify,
 )
-from ferry.engines.postgres.wal import format_lsn, parse_lsn
-from ferry.pipeline.discover import scan
+from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn
 from ferry.stores.base import BackupStore
 from ferry.stores.registry import open_location
 
@@ -61,10 +60,33 @@ SETTLE_SECONDS = 1.0
 # many sources): after IDLE_AFTER_SECONDS still, it is looked at every IDLE_POLL_SECONDS.
 IDLE_AFTER_SECONDS = 10.0
 IDLE_POLL_SECONDS = 5.0
+# A replay that has waited this long for a WAL file the store does not have says so (blocked_reason); an
+# offline migration that has not reached the end of its plan by then fails, naming the file.
+BLOCKED_AFTER_SECONDS = 60.0
+# Once caught up, a migration stays ReadyForCutover while its lag stays within this many segments: new WAL
+# arrives a segment at a time, and `cutover --all-ready` must not skip a migration that keeps up.
+READY_LAG_SEGMENTS = 2
+
+
+class WalMissing(FerryError):
+    """An offline migration stopped short of the end of its plan: the store lacks the next WAL file."""
+
+    retryable = False
+
+    def __init__(self, location: str, name: str, position: int, plan_end: int, waited: float) -> None:
+        super().__init__(
+            f"the offline migration from '{location}' stopped at LSN {format_lsn(position)}: WAL file {name} "
+            f"is not in the store (looked for {waited:.0f} s), and the plan needs WAL up to "
+            f"{format_lsn(plan_end)}",
+            "archive the missing file into the store (from the source's pg_wal, if it is still there), then "
+            "retry the migration; `ferry plan` on the store shows what it holds",
+        )
 
 
 class MigrationBlocked(FerryError):
     """The source's backups cannot be restored as they are: the findings say why."""
+
+    retryable = False
 
     def __init__(self, source: str, findings: list[Finding]) -> None:
         errors = [f for f in findings if f.severity is Severity.ERROR]
@@ -84,6 +106,34 @@ class MigrationSpec:
     os_user: str | None = None
     prefetch_depth: int = 32  # 512 MiB of 16 MiB segments: replay can take several per status turn
     poll_interval: float = 0.25
+    blocked_after: float = BLOCKED_AFTER_SECONDS
+    ready_lag_segments: int = READY_LAG_SEGMENTS
+
+    def job(self) -> MigrationJob:
+        """The migration as the execution seam runs it: the target folder is `location/id`."""
+        folder = Path(os.path.abspath(self.target))
+        return MigrationJob(
+            id=folder.name,
+            source=self.source,
+            target=TargetSpec("local", ENGINE, str(folder.parent), self.os_user),
+            online=self.online,
+            replay=ReplaySettings(self.blocked_after, self.ready_lag_segments, self.poll_interval),
+            port=self.port,
+        )
+
+    @staticmethod
+    def of(job: MigrationJob, prefetch_depth: int = 32) -> MigrationSpec:
+        return MigrationSpec(
+            job.source,
+            Path(job.target.location) / job.id,
+            online=job.online,
+            port=job.port,
+            os_user=job.target.os_user,
+            prefetch_depth=prefetch_depth,
+            poll_interval=job.replay.poll_interval,
+            blocked_after=job.replay.blocked_after,
+            ready_lag_segments=job.replay.ready_lag,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,11 +164,12 @@ class SourcePlan:
     location: str = ""
 
 
-def plan_source(location: str) -> SourcePlan:
-    """Read the source's store and choose its chain. Raises MigrationBlocked on error findings."""
+def plan_files(files: SourceFiles) -> SourcePlan:
+    """Choose the chain of the one source whose files a scan of `files.location` read. Raises
+    MigrationBlocked on error findings, UsageError when the location holds no source or several."""
+    location = files.location
     store, prefix = open_location(location)
-    result = scan(store, [PostgresEngine()], prefix)
-    sources, grouping = chain.group_sources(result.sets_for("postgres"))
+    sources, grouping = chain.group_sources(files.sets)
     if not sources:
         raise UsageError(
             f"no PostgreSQL base backup or WAL found in '{location}'",
@@ -132,7 +183,7 @@ def plan_source(location: str) -> SourcePlan:
         )
     src = sources[0]
     selected = chain.select_chain(src)
-    findings = (*result.findings, *grouping, *src.findings, *selected.findings)
+    findings = (*files.findings, *grouping, *src.findings, *selected.findings)
     if (
         selected.walk is None
         or not selected.walk.consistent
@@ -179,12 +230,13 @@ class WalSource:
     location: str
     timeline: int
     segment_size: int
+    plan_end_lsn: int | None = None  # end of the WAL the plan found: an offline migration must reach it
 
     @staticmethod
     def of(plan: SourcePlan) -> WalSource:
         walk = plan.chain.walk
         assert walk is not None
-        return WalSource(plan.location, walk.target_timeline, plan.source.segment_size)
+        return WalSource(plan.location, walk.target_timeline, plan.source.segment_size, walk.end_lsn)
 
 
 @dataclass(frozen=True)
@@ -192,26 +244,6 @@ class CutoverOutcome:
     final_lsn: int | None
     downtime_seconds: float
     promoted_at: int | None
-
-
-class StatusReporter:
-    """The latest MigrationStatus of one migration: moves its state along core.migration.TRANSITIONS and
-    hands every change to `sink` (the terminal view, or the service's store and heartbeats)."""
-
-    def __init__(self, sink: Callable[[MigrationStatus], None], state: State = State.QUEUED,
-                 phase: str = "queued", details: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.sink = sink
-        self.status = MigrationStatus(state, phase, details=dict(details or {}))
-
-    @property
-    def state(self) -> State:
-        return self.status.state
-
-    def emit(self, state: State | None = None, **changes: Any) -> MigrationStatus:
-        new = transition(self.status.state, state) if state is not None else self.status.state
-        self.status = replace(self.status, state=new, **changes)
-        self.sink(self.status)
-        return self.status
 
 
 class _Rate:
@@ -236,12 +268,6 @@ class _Rate:
 
 
 # -- the steps -------------------------------------------------------------------------------------
-
-
-def validate(spec: MigrationSpec) -> SourcePlan:
-    """Read the source's store and choose the chain; MigrationBlocked or UsageError when it cannot be
-    restored as it is. Touches no target."""
-    return plan_source(spec.source)
 
 
 def prepare_target(spec: MigrationSpec, plan: SourcePlan) -> PostgresTarget:
@@ -318,6 +344,12 @@ class Replay:
     Use as a context manager: the prefetcher runs inside it. `started` is (time.time(), LSN) where
     replay was first seen, for the result's replay figures."""
 
+    # What __init__ sets, as class defaults: the status report needs nothing else of a Replay.
+    blocked_after = BLOCKED_AFTER_SECONDS
+    ready_lag = READY_LAG_SEGMENTS * DEFAULT_SEGMENT_SIZE
+    _ready = False  # caught up once, and keeping up since (within ready_lag)
+    _waiting: tuple[str, int | None, float] | None = None  # (missing file, position, since)
+
     def __init__(
         self,
         target: PostgresTarget,
@@ -326,11 +358,17 @@ class Replay:
         *,
         prefetch_depth: int = 32,
         poll_interval: float = 0.25,
+        blocked_after: float = BLOCKED_AFTER_SECONDS,
+        ready_lag_segments: int = READY_LAG_SEGMENTS,
     ) -> None:
         self.target = target
         self.wal = wal
         self.reporter = reporter
         self.poll_interval = poll_interval
+        self.blocked_after = blocked_after
+        self.ready_lag = ready_lag_segments * wal.segment_size
+        self._ready = False
+        self._waiting = None
         self.prefetcher = archive.Prefetcher(
             wal.location, target.spool, wal.timeline, wal.segment_size, prefetch_depth, owner=target.user
         )
@@ -339,6 +377,21 @@ class Replay:
         self._owned = True
         self._fetched_seen = 0
         self._position_seen: int | None = None
+
+    @classmethod
+    def of(
+        cls, spec: MigrationSpec, target: PostgresTarget, wal: WalSource, reporter: StatusReporter
+    ) -> Replay:
+        """A Replay with the migration's settings."""
+        return cls(
+            target,
+            wal,
+            reporter,
+            prefetch_depth=spec.prefetch_depth,
+            poll_interval=spec.poll_interval,
+            blocked_after=spec.blocked_after,
+            ready_lag_segments=spec.ready_lag_segments,
+        )
 
     def __enter__(self) -> Replay:
         self._owned = True
@@ -401,10 +454,15 @@ class Replay:
             else:
                 settled_since = None
             last_position = position
+            waited = self._waited(position, stats)
             self._report(st, stats, rate, caught_up)
             request = stop()
             settled = settled_since is not None and time.monotonic() - settled_since >= SETTLE_SECONDS
-            if request is None and until_settled and settled:
+            offline = until_settled or until_lsn is not None
+            if request is None and offline and waited >= self.blocked_after:
+                # Offline, the store will not grow: a wait this long ends the replay, done or short.
+                settled = until_settled = self._offline_stalled(position, stats, waited, until_lsn)
+            if request is None and until_settled and settled and self._plan_reached(position):
                 request = CutoverRequest(time.time())  # offline: the end of the archive is the end
             reached = until_lsn is not None and st.replay_lsn is not None and st.replay_lsn >= until_lsn
             if request is None and reached and until_lsn is not None:
@@ -455,6 +513,36 @@ class Replay:
         downtime = time.time() - request.requested_at
         return CutoverOutcome(final, downtime, promoted.current_lsn or written.lsn)
 
+    def _waited(self, position: int | None, stats: archive.PrefetchStats) -> float:
+        """Seconds replay has waited for a WAL file the store lacks (0 when it is not waiting): the same
+        file missing, the position still, and nothing fetched left in the spool for the server to take.
+        Before the server is consistent its position (pg_control's) can stand still while it replays;
+        the spool's draining is what shows it is done with what it had."""
+        missing = stats.missing_next
+        if missing is None or stats.spool_files:
+            self._waiting = None
+            return 0.0
+        now = time.monotonic()
+        if self._waiting is None or self._waiting[:2] != (missing, position):
+            self._waiting = (missing, position, now)
+        return now - self._waiting[2]
+
+    def _offline_stalled(
+        self, position: int | None, stats: archive.PrefetchStats, waited: float, until_lsn: int | None
+    ) -> bool:
+        """An offline replay that has waited `blocked_after` for a file the store lacks: True (finished)
+        when it stands inside the last segment its plan needs, else WalMissing naming the file."""
+        end = until_lsn if until_lsn is not None else self.wal.plan_end_lsn
+        if self._plan_reached(position, end):
+            return True
+        raise WalMissing(self.wal.location, stats.missing_next or "?", position or 0, end or 0, waited)
+
+    def _plan_reached(self, position: int | None, end: int | None = None) -> bool:
+        """Replay stands inside (or past) the last segment the plan found: an offline migration may end
+        there. A store that shrank since the plan ends it short, which is not the end."""
+        end = self.wal.plan_end_lsn if end is None else end
+        return end is None or (position is not None and position > end - self.wal.segment_size)
+
     def _nudge(self, st: TargetStatus, stats: archive.PrefetchStats) -> None:
         """The prefetcher delivered segments while replay stood still: the standby waits out
         wal_retrieve_retry_interval before it looks again, so wake it now."""
@@ -475,17 +563,28 @@ class Replay:
         return stats.pending == 0 and st.position > stats.archive_end_lsn - st.segment_size
 
     def _report(self, st: TargetStatus, stats: archive.PrefetchStats, rate: _Rate, caught_up: bool) -> None:
-        lag_bytes = st.lag_bytes(stats.archive_end_lsn)
+        # Lag: archived WAL not replayed yet. Caught up, replay waits inside the newest segment, whose rest
+        # it has replayed (or is padding after a segment switch): nothing is left, so 0.
+        lag_bytes = 0 if caught_up else st.lag_bytes(stats.archive_end_lsn)
         speed = rate.per_second
         estimate = None
         if lag_bytes is not None:
             estimate = 1.0 + (lag_bytes / speed if speed and speed > 0 else 0.0)
         blocked = None
+        waited = time.monotonic() - self._waiting[2] if self._waiting is not None else 0.0
         if stats.gap and stats.missing_next:
             blocked = f"WAL segment {stats.missing_next} is missing from the store while later ones exist"
         elif stats.last_error:
             blocked = stats.last_error
-        state = State.READY_FOR_CUTOVER if caught_up else State.RESTORING_LOGS
+        elif self._waiting is not None and waited >= self.blocked_after:
+            blocked = (
+                f"replay has waited {waited:.0f} s for WAL file {self._waiting[0]}, which is not in "
+                f"'{self.wal.location}' (every folder below it is searched); check the source's "
+                "archive_command, or that the source is writing at all"
+            )
+        # Ready once caught up, and for as long as replay keeps up: the lag stays within ready_lag.
+        self._ready = caught_up or (self._ready and lag_bytes is not None and lag_bytes <= self.ready_lag)
+        state = State.READY_FOR_CUTOVER if self._ready else State.RESTORING_LOGS
         if self.reporter.state is State.CUTTING_OVER:
             state = State.CUTTING_OVER
         restoring = next((f.name for f in stats.files if f.status == "restoring"), None)
@@ -497,7 +596,7 @@ class Replay:
             known["details"] = self._details_with_wal(stats)
         self.reporter.emit(
             state,
-            phase="replaying WAL" if not caught_up else "caught up; replaying new WAL as it arrives",
+            phase="replaying WAL" if not self._ready else "caught up; replaying new WAL as it arrives",
             source_position=format_lsn(stats.archive_end_lsn) if stats.archive_end_lsn else None,
             target_position=format_lsn(st.position) if st.position is not None else None,
             lag_bytes=lag_bytes,
@@ -554,8 +653,7 @@ def replay(
     """Start the target's recovery and replay until `should_stop()` returns a request (online), or the end
     of the archive is replayed (offline), or `until_lsn` is reached. Returns the request and where replay
     started (time.time(), LSN)."""
-    with Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
-                poll_interval=spec.poll_interval) as rep:  # fmt: skip
+    with Replay.of(spec, target, wal, reporter) as rep:
         rep.start()
         request = rep.follow(should_stop, until_settled=not spec.online and until_lsn is None,
                              until_lsn=until_lsn)  # fmt: skip
@@ -584,8 +682,7 @@ def cut_over(
         return recorded
     if replay is not None:
         replay.reporter = reporter
-    with replay or Replay(target, wal, reporter, prefetch_depth=spec.prefetch_depth,
-                          poll_interval=spec.poll_interval) as rep:  # fmt: skip
+    with replay or Replay.of(spec, target, wal, reporter) as rep:
         if target.phase() is not Phase.PROMOTED:
             rep.start()
         outcome = rep.cut_over(request, check)
@@ -638,76 +735,6 @@ def finish(
     os.replace(tmp, path)
     clear_cutover(target.root)
     return result
-
-
-# -- the foreground migration ------------------------------------------------------------------------
-
-
-class Migration:
-    """One source to one target, in the foreground. `report` receives every status change; `cutover` is
-    polled and returns a request once one was made (see cutover.py)."""
-
-    def __init__(
-        self,
-        spec: MigrationSpec,
-        report: Callable[[MigrationStatus], None],
-        cutover: Callable[[], CutoverRequest | None],
-    ) -> None:
-        self.spec = spec
-        self.report = report
-        self.cutover = cutover
-        self.reporter = StatusReporter(report)
-        self._restored = (0, 0.0)
-
-    @property
-    def state(self) -> State:
-        return self.reporter.state
-
-    @property
-    def status(self) -> MigrationStatus:
-        return self.reporter.status
-
-    def _emit(self, state: State | None = None, **changes: Any) -> None:
-        self.reporter.emit(state, **changes)
-
-    def run(self) -> MigrationResult:
-        spec = self.spec
-        self._emit(State.VALIDATING, phase="reading the source's backups")
-        plan = validate(spec)
-        target = prepare_target(spec, plan)
-        if target.phase() is Phase.PROMOTED:
-            return finish(target)
-        if target.phase() in (Phase.NEW, Phase.INTERRUPTED):
-            self._restore_base(target, plan)
-        self._emit(State.RESTORING_LOGS, phase="starting the target server", current_file=None)
-        with Replay(target, WalSource.of(plan), self.reporter, prefetch_depth=spec.prefetch_depth,
-                    poll_interval=spec.poll_interval) as rep:  # fmt: skip
-            rep.start()
-            request = rep.follow(self.cutover, until_settled=not spec.online)
-            outcome = rep.cut_over(request)
-            started = rep.started
-        result = finish(target, restored=self._restored, replay_started=started, outcome=outcome)
-        self._emit(State.SUCCEEDED, phase="done")
-        return result
-
-    def _restore_base(self, target: PostgresTarget, plan: SourcePlan) -> None:
-        base = BaseBackupRef.of(plan)
-        rate = _Rate(5.0)
-        self._emit(State.RESTORING_FULL, phase="unpacking the base backup", bytes_total=base.size)
-
-        def progress(p: ExtractProgress) -> None:
-            rate.add(p.archive_bytes_done)
-            self._emit(
-                bytes_done=p.archive_bytes_done,
-                bytes_total=p.archive_bytes_total,
-                throughput=rate.per_second,
-                current_file=p.current,
-            )
-
-        started = time.monotonic()
-        result = restore_base(target, base, progress)
-        self._restored = (result.archive_bytes, time.monotonic() - started)
-        self._emit(last_file=base.tar, current_file=None, bytes_done=result.archive_bytes)
 
 
 def _close_source_segment(dsn: str) -> int:

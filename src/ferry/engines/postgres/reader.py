@@ -25,13 +25,13 @@ import json
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from posixpath import basename
 from typing import Any
 
 from ferry.core.errors import BackupFormatError
-from ferry.engines.postgres import tarread
+from ferry.engines.postgres import compression, tarread
 from ferry.engines.postgres.tarread import Compression, Member, TarProblem
 from ferry.engines.postgres.wal import (
     SegmentName,
@@ -106,6 +106,7 @@ class WalSegment:
     header: WalHeader
     named_as: SegmentName | None = None
     partial: bool = False  # named *.partial: the last, unfinished segment of a timeline before a switch
+    compression: str = "none"  # compressed by another tool's archive_command (`%f.gz`, `.lz4`, `.zst`)
 
     @property
     def name_mismatch(self) -> bool:
@@ -261,8 +262,18 @@ def sniff(head: bytes) -> bool:
     """Whether `head` (a file's first bytes) starts a PostgreSQL backup file Ferry reads."""
     if tarread.is_tar_header(head[: tarread.BLOCK]):
         return True
-    if tarread.compression_of(head) is not Compression.NONE:
-        return tarread.is_tar_header(tarread.decompressed_head(head))
+    kind = tarread.compression_of(head)
+    if kind is not Compression.NONE:
+        inner = tarread.decompressed_head(head, _HEAD)
+        if not inner:
+            # lz4 and zstd emit nothing before a whole block, which can be larger than `head`: only a
+            # deeper read tells, and no other engine reads these formats (read_file says "not ours").
+            return kind in (Compression.LZ4, Compression.ZSTD)
+        return tarread.is_tar_header(inner[: tarread.BLOCK]) or _sniff_plain(inner)
+    return _sniff_plain(head)
+
+
+def _sniff_plain(head: bytes) -> bool:
     return (
         parse_wal_header(head) is not None
         or _is_manifest(head)
@@ -331,7 +342,14 @@ def read_file(reader: RangeReader) -> list[PgFile]:
             return [_read_tar(reader, Compression.NONE)]
         kind = tarread.compression_of(head)
         if kind is not Compression.NONE:
-            return [_read_tar(reader, kind)]
+            inner = tarread.decompressed_head(head, _HEAD) or compression.head_of(
+                _Whole(reader), kind, _HEAD, _COMPRESSED_HEAD_LIMIT
+            )
+            if _sniff_plain(inner):
+                return [_read_compressed(reader, kind, inner)]
+            if tarread.is_tar_header(inner[: tarread.BLOCK]) or len(inner) < tarread.BLOCK:
+                return [_read_tar(reader, kind)]  # a tar, or one cut short: the tar reader names the damage
+            return []  # compressed, but not a PostgreSQL file: the scan notes it as not a backup
         header = parse_wal_header(head)
         if header is not None:
             return [_read_segment(reader, header)]
@@ -358,8 +376,10 @@ _WAL_HINT = (
 )
 
 
-def _read_segment(reader: RangeReader, header: WalHeader) -> WalSegment:
-    if reader.size < header.segment_size:
+def _read_segment(reader: RangeReader, header: WalHeader, compressed: bool = False) -> WalSegment:
+    if compressed:
+        pass  # the stored size is the compressed one: _read_compressed checked what the format records
+    elif reader.size < header.segment_size:
         raise _Problem(
             reader.size,
             f"unexpected end of data: WAL segment {header.name} ends early (its header gives a segment "
@@ -373,11 +393,64 @@ def _read_segment(reader: RangeReader, header: WalHeader) -> WalSegment:
             "header describes",
             "a WAL archive holds segments as PostgreSQL wrote them: check what wrote this file",
         )
-    name = basename(reader.key)
+    name = compression.strip_suffix(basename(reader.key))
     partial = name.endswith(".partial")
     stem = name.removesuffix(".partial").upper()
     named_as = parse_segment_name(stem, header.segment_size) if len(stem) == 24 else None
     return WalSegment(reader.key, reader.size, header, named_as, partial)
+
+
+# How much of an lz4 or zstd file is read to reach its first decompressed bytes (a block: 4 MiB at most
+# for the lz4 tool, 128 KiB for zstd's).
+_COMPRESSED_HEAD_LIMIT = 8 * 1024 * 1024
+
+
+def _read_compressed(reader: RangeReader, kind: Compression, inner: bytes) -> PgFile:
+    """A WAL file another tool's archive_command compressed: a segment is read by its header (the size
+    checked where the format records it), a history or backup history file whole."""
+    header = parse_wal_header(inner)
+    if header is not None:
+        size = compression.content_size(reader, kind)
+        if size is not None and size != header.segment_size:
+            raise _Problem(
+                reader.size,
+                f"{kind} file holds {size} bytes, not the {header.segment_size}-byte WAL segment its header "
+                "describes",
+                _WAL_HINT,
+            )
+        segment = _read_segment(reader, header, compressed=True)
+        return replace(segment, compression=kind.value)
+    if _is_manifest(inner):
+        raise _Problem(
+            0,
+            f"a {kind}-compressed backup manifest is not read",
+            "decompress it next to its base backup (pg_basebackup writes backup_manifest uncompressed)",
+        )
+    if reader.size > _TEXT_LIMIT:
+        raise _Problem(0, f"{kind} file of {reader.size} bytes is too large to be a history file")
+    try:
+        text = b"".join(compression.chunks(_Whole(reader), kind)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Problem(exc.start, "history file is not UTF-8 text") from None
+    except EOFError:
+        raise _Problem(reader.size, f"unexpected end of data in the {kind} stream") from None
+    except Exception as exc:  # the codecs' errors have no common base
+        raise _Problem(0, f"damaged {kind} data ({exc})") from None
+    if inner.startswith(LABEL_START):
+        return BackupHistoryFile(reader.key, parse_label(text))
+    return _history_from(reader.key, text)
+
+
+class _Whole:
+    """A small store object read front to back (for the decompressors)."""
+
+    def __init__(self, reader: RangeReader) -> None:
+        self.reader, self.pos = reader, 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self.reader.read(self.pos, self.reader.size - self.pos if n < 0 else n)
+        self.pos += len(data)
+        return data
 
 
 def _read_text(reader: RangeReader, what: str) -> str:
@@ -393,9 +466,12 @@ def _read_text(reader: RangeReader, what: str) -> str:
 
 
 def _read_history(reader: RangeReader) -> TimelineHistory:
-    text = _read_text(reader, "timeline history file")
+    return _history_from(reader.key, _read_text(reader, "timeline history file"))
+
+
+def _history_from(key: str, text: str) -> TimelineHistory:
     entries = parse_history(text)
-    name = basename(reader.key)
+    name = compression.strip_suffix(basename(key))
     named = history_timeline(name[:8].upper() + name[8:])
     if named is not None:
         if entries and named <= entries[-1].parent:
@@ -405,10 +481,10 @@ def _read_history(reader: RangeReader) -> TimelineHistory:
                 f"{entries[-1].parent} as an ancestor",
                 "a history file must be stored under its own name (NNNNNNNN.history)",
             )
-        return TimelineHistory(reader.key, named, entries, True)
+        return TimelineHistory(key, named, entries, True)
     # Content does not say which timeline the file opens; PostgreSQL names it. Without a usable name, the
     # next number after the newest ancestor is what PostgreSQL chooses unless other timelines exist.
-    return TimelineHistory(reader.key, entries[-1].parent + 1, entries, False)
+    return TimelineHistory(key, entries[-1].parent + 1, entries, False)
 
 
 def parse_history(text: str) -> tuple[HistoryEntry, ...]:

@@ -35,9 +35,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import Any, Literal
 
 from ferry.core.errors import FerryError, UsageError
+from ferry.engines.postgres import compression as compressed
 from ferry.engines.postgres.archive import conf_quote, fsync_dir
 from ferry.engines.postgres.cluster import (
     Binaries,
@@ -48,6 +49,7 @@ from ferry.engines.postgres.cluster import (
     port_in_use,
     run,
 )
+from ferry.engines.postgres.compression import Compression
 from ferry.engines.postgres.wal import SegmentName, parse_lsn
 from ferry.stores.base import RangeReader
 
@@ -68,9 +70,13 @@ TarInput = Path | str | RangeReader
 class TargetError(FerryError):
     """The target folder cannot be used as asked: not ours, another migration's, or in the wrong state."""
 
+    retryable = False
+
 
 class ArchiveEntryError(FerryError):
     """A base backup archive holds an entry Ferry refuses to unpack, or is damaged."""
+
+    retryable = False
 
     def __init__(self, archive: str, entry: str, reason: str, hint: str = "") -> None:
         super().__init__(
@@ -86,6 +92,8 @@ class ArchiveEntryError(FerryError):
 
 class ManifestMismatch(FerryError):
     """The unpacked files differ from the backup's manifest."""
+
+    retryable = False
 
     hint = "the backup may be incomplete or damaged; take a new base backup (nothing was started)"
 
@@ -1050,71 +1058,8 @@ class _RawFile:
 
 
 def _decoded_chunks(raw: _RawFile, compression: str) -> Iterator[bytes]:
-    """Decompressed data in chunks of at most CHUNK bytes (bounded: PostgreSQL files are mostly zeros,
-    so a megabyte of compressed input can be a gigabyte of output)."""
-    if compression == "gzip":
-        yield from _gunzip(raw)
-    elif compression == "lz4":
-        yield from _unlz4(raw)
-    elif compression == "zstd":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast(IO[bytes], raw), read_size=CHUNK, read_across_frames=True
-        )
-        while chunk := reader.read(CHUNK):
-            yield chunk
-    else:
-        while chunk := raw.read(CHUNK):
-            yield chunk
-
-
-def _gunzip(raw: _RawFile) -> Iterator[bytes]:
-    import zlib
-
-    # wbits 31: zlib parses the gzip wrapper and checks its CRC-32 and length in C. Members may follow
-    # one another; zero bytes after the last one are padding.
-    d, fed = zlib.decompressobj(wbits=31), False
-    while data := raw.read(CHUNK):
-        while data:
-            fed = True
-            out = d.decompress(data, CHUNK)
-            data = d.unconsumed_tail
-            if out:
-                yield out
-            while len(out) == CHUNK and not data and not d.eof:  # output still pending in zlib
-                out = d.decompress(b"", CHUNK)
-                if out:
-                    yield out
-            if d.eof:
-                rest = d.unused_data
-                d, fed = zlib.decompressobj(wbits=31), False
-                data = rest if rest.strip(b"\0") else b""
-    if fed and not d.eof:
-        raise EOFError("the gzip stream is truncated")
-
-
-def _unlz4(raw: _RawFile) -> Iterator[bytes]:
-    import lz4.frame  # type: ignore[import-untyped]
-
-    d, fed = lz4.frame.LZ4FrameDecompressor(), False
-    while data := raw.read(CHUNK):
-        while True:
-            fed = fed or bool(data)
-            out = d.decompress(data, max_length=CHUNK)
-            data = b""
-            if out:
-                yield out
-            if d.eof:
-                rest = d.unused_data
-                d, fed = lz4.frame.LZ4FrameDecompressor(), False
-                if not rest:
-                    break
-                data = rest
-            elif d.needs_input:
-                break
-    if fed and not d.eof:
-        raise EOFError("the lz4 stream is truncated")
+    """Decompressed data in chunks of at most CHUNK bytes."""
+    return compressed.chunks(raw, Compression(compression), CHUNK)
 
 
 _END = object()

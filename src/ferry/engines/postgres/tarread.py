@@ -13,30 +13,30 @@ from __future__ import annotations
 import gzip
 import io
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import IO, Protocol
 
+from ferry.engines.postgres.compression import Compression, compression_of, decompressed_head
 from ferry.stores.base import RangeReader
+
+__all__ = [
+    "BLOCK",
+    "Compression",
+    "Member",
+    "TarProblem",
+    "compression_of",
+    "decompressed_head",
+    "is_tar_header",
+    "open_source",
+    "walk",
+]
 
 BLOCK = 512
 _WINDOW = 16 * 1024  # one ranged read covers a header and, for members up to 15.5 KiB, the next header
 _STREAM_READ = 1024 * 1024  # compressed bytes asked of the store per read
 _SKIP_PIECE = 1024 * 1024  # decompressed bytes produced per step while skipping member data
 _TRAILER_LIMIT = 64 * 1024  # decompressed bytes after the end-of-archive marker worth reading to the end
-
-GZIP_MAGIC = b"\x1f\x8b"
-LZ4_MAGIC = b"\x04\x22\x4d\x18"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-class Compression(StrEnum):
-    NONE = "none"
-    GZIP = "gzip"
-    LZ4 = "lz4"
-    ZSTD = "zstd"
 
 
 class TarProblem(Exception):
@@ -48,48 +48,9 @@ class TarProblem(Exception):
         self.reason = reason
 
 
-def compression_of(head: bytes) -> Compression:
-    if head.startswith(GZIP_MAGIC):
-        return Compression.GZIP
-    if head.startswith(LZ4_MAGIC):
-        return Compression.LZ4
-    if head.startswith(ZSTD_MAGIC):
-        return Compression.ZSTD
-    return Compression.NONE
-
-
 def is_tar_header(block: bytes) -> bool:
     """ustar magic at byte 257: "ustar\\0" (POSIX, pg_basebackup) or "ustar " (GNU tar)."""
     return len(block) >= 263 and block[257:262] == b"ustar"
-
-
-def decompressed_head(head: bytes, want: int = BLOCK) -> bytes:
-    """The first `want` decompressed bytes of a compressed stream's first bytes, or b"" if they do not
-    decompress. Used by sniffing, so it never raises and never produces more than `want` bytes."""
-    kind = compression_of(head)
-    try:
-        if kind is Compression.GZIP:
-            # A gzip file may hold several members; pg_basebackup's pg_wal.tar.gz starts with an empty one.
-            out, rest = b"", head
-            while len(out) < want and rest.startswith(GZIP_MAGIC):
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                out += d.decompress(rest, want - len(out))
-                if not d.eof:
-                    break
-                rest = d.unused_data
-            return out
-        if kind is Compression.LZ4:
-            import lz4.frame  # type: ignore[import-untyped]
-
-            return bytes(lz4.frame.LZ4FrameDecompressor().decompress(head, max_length=want))
-        if kind is Compression.ZSTD:
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(head), read_across_frames=True)
-            return bytes(reader.read(want))
-    except Exception:  # a sniffer answers yes or no: any failure to decode is a no
-        return b""
-    return b""
 
 
 @dataclass(frozen=True)

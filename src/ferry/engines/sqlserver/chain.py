@@ -18,6 +18,7 @@ from uuid import UUID
 from ferry.core.findings import Finding, Severity
 from ferry.core.plan import StepKind
 from ferry.engines.sqlserver.headers import BackupType
+from ferry.engines.sqlserver.recovery import Goal, StopPoint, as_utc, resolve_stop_point
 from ferry.engines.sqlserver.stripes import (
     DatabaseKey,
     LogicalBackup,
@@ -26,15 +27,14 @@ from ferry.engines.sqlserver.stripes import (
     merge_stripes,
     quote_files,
 )
-from ferry.engines.sqlserver.targets import Goal, RecoveryTarget, as_utc, resolve_target
 
 __all__ = [
     "Chain",
     "ChainStep",
     "DatabaseKey",
     "LogicalBackup",
-    "RecoveryTarget",
     "RestorableRange",
+    "StopPoint",
     "group_by_database",
     "merge_stripes",
     "restorable_range",
@@ -83,22 +83,19 @@ class _Attempt:
         return self.steps[-1].backup
 
 
-def _on_path(log: LogicalBackup, pos: int, fork: UUID | None) -> bool:
-    """Can `log` follow a restore that stands at `pos` on recovery fork `fork`? Unknown forks never block."""
-    start = log.first_recovery_fork_id
-    if fork is None or start is None:
-        return True
-    if start != fork:
-        return False
-    # A log that crosses into a new fork replays the old fork only up to the fork point.
-    crosses = log.recovery_fork_id not in (None, fork) and log.fork_point_lsn is not None
-    return not crosses or pos <= (log.fork_point_lsn or 0)
+def _on_path(log: LogicalBackup, pos: int, forks: frozenset[UUID]) -> bool:
+    """Can `log` follow a restore that stands at `pos` on `forks`? The log's fork at `pos` decides, not the
+    fork it starts on: a log applies from `pos` on, and what it holds below `pos` is not replayed. Unknown
+    forks never block."""
+    here = log.forks_at(pos)
+    return not forks or not here or bool(forks & here)
 
 
-def _same_line(log: LogicalBackup, fork: UUID | None) -> bool:
+def _same_line(log: LogicalBackup, forks: frozenset[UUID]) -> bool:
     """Could `log` continue this fork at some position? Tells a gap (a log missing on our line) apart from
     logs that only exist on another fork (reported as `chain-fork`)."""
-    return fork is None or log.first_recovery_fork_id in (None, fork) or log.recovery_fork_id in (None, fork)
+    covered = log.forks_covered
+    return not forks or not covered or bool(forks & covered)
 
 
 def _based_on(diff: LogicalBackup, full: LogicalBackup) -> bool:
@@ -161,7 +158,10 @@ def _walk(
         steps.append(ChainStep(StepKind.DIFF, diff))
         if goal is not None and goal.done_at(diff):
             return _Attempt(tuple(steps), tuple(findings), True)
-    pos, fork = steps[-1].backup.last_lsn, steps[-1].backup.recovery_fork_id
+    # The fork a data backup leaves the restore on is read like a log's: at its LastLSN. A database created
+    # by RESTORE carries the old fork in every header, but its backups lie beyond the fork point.
+    pos = steps[-1].backup.last_lsn
+    forks = steps[-1].backup.forks_at(pos)
     # Positions only grow, so a log once behind stays behind: keep a small window of live candidates.
     active: list[LogicalBackup] = []
     i = 0
@@ -170,7 +170,7 @@ def _walk(
             active.append(logs[i])
             i += 1
         active = [log for log in active if log.last_lsn > pos]
-        usable = [log for log in active if _on_path(log, pos, fork)]
+        usable = [log for log in active if _on_path(log, pos, forks)]
         if not usable:
             break
         # Reach furthest; on ties prefer the regular log (a copy-only one is the spare) and the fork the
@@ -181,7 +181,7 @@ def _walk(
                 not c.complete,
                 -c.last_lsn,
                 c.is_copy_only,
-                c.recovery_fork_id != fork,
+                c.recovery_fork_id not in forks,
                 c.sort_key,
             ),
         )
@@ -201,8 +201,8 @@ def _walk(
         steps.append(ChainStep(StepKind.LOG, log, stop))
         if goal is not None and (stop is not None or goal.done_at(log)):
             return _Attempt(tuple(steps), tuple(findings), True)
-        pos, fork = log.last_lsn, log.recovery_fork_id or fork
-    after = next((log for log in logs[i:] if _same_line(log, fork)), None)
+        pos, forks = log.last_lsn, log.forks_at(log.last_lsn) or forks
+    after = next((log for log in logs[i:] if _same_line(log, forks)), None)
     if after is not None:
         findings.append(_gap(label, steps[-1].backup, after))
     return _Attempt(tuple(steps), tuple(findings), False)
@@ -221,8 +221,8 @@ def _gap(label: str, before: LogicalBackup, after: LogicalBackup) -> Finding:
     )
 
 
-def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None = None) -> Chain:
-    """The restore chain of ONE database (see `group_by_database`), up to `target` or as far as it goes."""
+def select_chain(backups: Sequence[LogicalBackup], stop: StopPoint | None = None) -> Chain:
+    """The restore chain of ONE database (see `group_by_database`), up to `stop` or as far as it goes."""
     ordered = sorted(backups, key=lambda b: b.sort_key)  # the answer must not depend on listing order
     if not ordered:
         return Chain()
@@ -261,7 +261,7 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
         )
         return Chain(findings=tuple(findings))
     findings.extend(_missing_bases(label, diffs, fulls))
-    goal = resolve_target(target, ordered)
+    goal = resolve_stop_point(stop, ordered)
     eligible = [f for f in fulls if goal is None or goal.allows_base(f)]
     eligible.sort(key=lambda f: (f.last_lsn, f.sort_key), reverse=True)  # latest first
     usable = [f for f in eligible if f.complete]
@@ -286,10 +286,10 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
     for full in usable:
         attempts.append(_walk(full, diffs, logs, goal, label))
         if attempts[-1].reached:
-            chosen = attempts[-1]  # the latest full that reaches the target: fewest logs to replay
+            chosen = attempts[-1]  # the latest full that reaches the stop point: fewest logs to replay
             break
     if chosen is None:
-        # Without a target (or when none is reached) take the chain that gets furthest; `max` keeps the
+        # Without a stop point (or when none is reached) take the chain that gets furthest; `max` keeps the
         # first, i.e. latest, full on ties. Usually that is the latest full, but not when a copy-only full
         # is newer than the base of a differential that goes further.
         chosen = max(attempts, key=lambda a: a.end.last_lsn)
@@ -315,7 +315,7 @@ def select_chain(backups: Sequence[LogicalBackup], target: RecoveryTarget | None
     restores_to_lsn: int | None = last.last_lsn
     if goal is not None and chosen.reached and chosen.steps[-1].stop_at is not None:
         # The restore stops inside the last log. Only the coordinate that was asked for is known; the
-        # other one is learnt from the target after the restore, so none is printed rather than the
+        # other one is learnt from the server after the restore, so none is printed rather than the
         # log's end, which the restore does not reach.
         restores_to = goal.time
         restores_to_lsn = goal.lsn
@@ -363,7 +363,9 @@ def _after_checks(label: str, steps: Sequence[ChainStep], logs: Sequence[Logical
             )
         )
     used = {s.backup for s in steps}
-    forks = {f for s in steps for f in (s.backup.recovery_fork_id, s.backup.first_recovery_fork_id) if f}
+    # The forks the restore passes through: a log crossing a fork point touches two. FirstRecoveryForkID
+    # alone says nothing: a database created by RESTORE carries its source's fork in every header.
+    forks = frozenset().union(*(s.backup.forks_covered for s in steps))
     start = steps[0].backup.last_lsn
     # Logs older than the chosen full are history; only those after it on another fork are worth a look.
     astray = [

@@ -62,10 +62,10 @@ class SqlServerEngine:
         groups, findings = _grouped(sets)
         # The target is read in SQL Server's LSN form only when there are SQL Server backups to plan: a
         # PostgreSQL store's X/Y LSN is not this engine's to refuse.
-        chain_target = _chain_target(target) if groups else None
+        stop = _stop_point(target) if groups else None
         plans = []
         for key, backups in groups.items():
-            selected = chain.select_chain(backups, chain_target)
+            selected = chain.select_chain(backups, stop)
             plans.append(
                 DatabasePlan(
                     engine=ENGINE,
@@ -119,17 +119,17 @@ def _shared_folders(groups: dict[chain.DatabaseKey, list[chain.LogicalBackup]]) 
     return notes
 
 
-def _chain_target(target: RecoveryTarget | None) -> chain.RecoveryTarget | None:
+def _stop_point(target: RecoveryTarget | None) -> chain.StopPoint | None:
     if target is None:
         return None
     if target.lsn is not None:
         try:
-            return chain.RecoveryTarget(lsn=parse_sqlserver_lsn(target.lsn))
+            return chain.StopPoint(lsn=parse_sqlserver_lsn(target.lsn))
         except ValueError as exc:
             raise UsageError(
                 str(exc), "give the LSN as RESTORE HEADERONLY prints it, e.g. 34000000016700004"
             ) from None
-    return chain.RecoveryTarget(time=target.time)
+    return chain.StopPoint(time=target.time)
 
 
 def _by_lsn(backups: list[chain.LogicalBackup]) -> list[chain.LogicalBackup]:

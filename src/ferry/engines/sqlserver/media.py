@@ -15,6 +15,7 @@ from ferry.engines.sqlserver.mtf import (
     Dblk,
     FormatProblem,
     StreamHeader,
+    check_dblk,
     parse_dblk,
     parse_stream_header,
     u16,
@@ -50,6 +51,12 @@ class PagedSource:
 
     def get(self, offset: int, length: int) -> bytes:
         """`length` bytes at `offset`, or fewer where the file ends."""
+        # Most requests are a header inside one page already read: serve those without the general path.
+        page, skip = divmod(offset, self._page)
+        if offset >= 0 and length >= 0 and skip + length <= self._page and offset + length <= self.size:
+            data = self._pages.get(page)
+            if data is not None and len(data) >= skip + length:
+                return data[skip : skip + length]
         length = max(0, min(length, self.size - offset))
         if length == 0:
             return b""
@@ -86,36 +93,50 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
     truncated (or was appended to mid-write): that raises FormatProblem at the offset where it breaks."""
     offset = 0
     soft_filemark = 512
-    while offset < src.size:
-        head = src.exact(offset, DBLK_HEADER_SIZE, "a block header")
-        dblk = parse_dblk(head, offset)
-        if dblk.type == b"TAPE":
-            raw = src.exact(offset, 0x42, "the media header")
+    size = src.size
+    while offset < size:
+        # One look at the rest of the current page: it usually holds the block header, the bytes up to
+        # its first stream and the first stream headers, which are then sliced out of it.
+        room = PAGE - offset % PAGE
+        buf = src.get(offset, room if room >= DBLK_HEADER_SIZE else DBLK_HEADER_SIZE)
+        if len(buf) < DBLK_HEADER_SIZE:
+            raise FormatProblem(size, "unexpected end of data inside a block header")
+        btype, attributes, first = check_dblk(buf, offset)
+        if btype == b"TAPE":
+            raw = buf if len(buf) >= 0x42 else src.exact(offset, 0x42, "the media header")
             soft_filemark = max(1, u16(raw, 0x40)) * 512
-        if dblk.type == b"SFMB":
-            if offset + soft_filemark > src.size:
-                raise FormatProblem(src.size, "unexpected end of data inside a filemark")
-            yield Block(dblk, ())
+        if btype == b"SFMB":
+            if offset + soft_filemark > size:
+                raise FormatProblem(size, "unexpected end of data inside a filemark")
+            yield Block(Dblk(offset, btype, attributes, first, buf[0x30], buf[:DBLK_HEADER_SIZE]), ())
             offset += soft_filemark
             continue
-        dblk = parse_dblk(src.exact(offset, dblk.first_event, "a block"), offset)
+        raw = buf[:first] if first <= len(buf) else src.exact(offset, first, "a block")
+        dblk = Dblk(offset, btype, attributes, first, buf[0x30], raw)
         streams: list[tuple[StreamHeader, bytes | None]] = []
-        pos = offset + dblk.first_event
+        pos = offset + first
         while True:
-            sh = parse_stream_header(src.exact(pos, STREAM_HEADER_SIZE, "a stream header"), pos)
-            if sh.data_offset + sh.length > src.size:
-                raise FormatProblem(
-                    src.size, f"unexpected end of data inside stream {sh.id.decode('latin-1')}"
-                )
+            rel = pos - offset
+            head = (
+                buf[rel : rel + STREAM_HEADER_SIZE]
+                if rel + STREAM_HEADER_SIZE <= len(buf)
+                else src.exact(pos, STREAM_HEADER_SIZE, "a stream header")
+            )
+            sh = parse_stream_header(head, pos)
+            sid, length = sh.id, sh.length
+            end = pos + STREAM_HEADER_SIZE + length
+            if end > size:
+                raise FormatProblem(size, f"unexpected end of data inside stream {sid.decode('latin-1')}")
             data = None
-            if sh.id in WANTED_STREAMS:
-                if sh.length > MAX_WANTED_STREAM:
-                    raise FormatProblem(pos, f"{sh.id.decode()} stream is implausibly long")
-                data = src.exact(sh.data_offset, sh.length, f"stream {sh.id.decode()}")
+            if sid in WANTED_STREAMS:
+                if length > MAX_WANTED_STREAM:
+                    raise FormatProblem(pos, f"{sid.decode()} stream is implausibly long")
+                data = src.exact(pos + STREAM_HEADER_SIZE, length, f"stream {sid.decode()}")
             streams.append((sh, data))
-            pos = sh.next_offset
-            if sh.id == b"SPAD":
+            if sid == b"SPAD":  # the block ends with it, and the next one follows unaligned
+                pos = end
                 break
+            pos = (end + 3) & ~3  # StreamHeader.next_offset, without the property calls
             if len(streams) > 4096:
                 raise FormatProblem(pos, "block has too many streams")
         yield Block(dblk, tuple(streams))

@@ -40,6 +40,9 @@ TAPE_MAGIC = b"TAPE"
 # SIMPLE-recovery database; other models are told apart by it alone.
 _STATUS_TRUNC_LOG_ON_CHKPT = 0x8
 _FLAG_DIFFERENTIAL = 0x800
+# HEADERONLY's Flags column is this field; Microsoft documents bit 16 as "backup contains backup checksums".
+# It is set on every backup in the corpus taken by a job that asks for checksums, and on no other.
+_FLAG_CHECKSUMS = 0x10
 
 
 def sniff(head: bytes) -> bool:
@@ -82,7 +85,8 @@ def read_backup_sets(reader: RangeReader) -> list[BackupSet]:
 
 
 def _read_compressed(reader: RangeReader) -> list[BackupSet]:
-    regions = container.read_compressed_regions(reader)
+    # Only up to the first bulk block of the head is parsed, so decode no chunk beyond it.
+    regions = container.read_compressed_regions(reader, head_min=0)
     blocks = list(blocks_in_buffer(regions.head, stop_at_bulk=True))
     end = find_block(regions.tail, b"MSLS")
     if end is None:
@@ -295,7 +299,7 @@ def _parse_mqci(buf: bytes, tz: timezone) -> dict[str, Any]:
         "family_guid": guid(scin, 0xE0),
         "recovery_model": "SIMPLE" if status & _STATUS_TRUNC_LOG_ON_CHKPT else "FULL",
         "compressed_backup_size": u64(scin, 0x158) if strings_at >= 0x160 else None,
-        "has_checksums": None,
+        "has_checksums": bool(flags & _FLAG_CHECKSUMS),
         "files": tuple(files),
     }
 

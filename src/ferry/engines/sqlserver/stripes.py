@@ -110,6 +110,26 @@ class LogicalBackup:
     def fork_point_lsn(self) -> int | None:
         return self.head.fork_point_lsn
 
+    def forks_at(self, position: int) -> frozenset[UUID]:
+        """The recovery forks a restore standing at `position` inside this backup's log is on.
+
+        The three fork columns are copied from the database's boot page into every backup taken after the
+        restore that created the fork, however far beyond the fork point (docs/engines.md): LSNs below
+        ForkPointLSN belong to FirstRecoveryForkID and LSNs from it on to RecoveryForkID. A position is
+        the next LSN to replay, so exactly at the fork point nothing of the new fork is replayed yet: the
+        database is the same on both forks there. Empty when the header names no fork (never blocks)."""
+        current, old, point = self.recovery_fork_id, self.head.first_recovery_fork_id, self.fork_point_lsn
+        if point is None or old is None or old == current or current is None:
+            return frozenset((current,)) if current is not None else frozenset()
+        if position < point:
+            return frozenset((old,))
+        return frozenset((old, current)) if position == point else frozenset((current,))
+
+    @property
+    def forks_covered(self) -> frozenset[UUID]:
+        """Every fork this backup's LSN range touches: one, or two for a log that crosses a fork point."""
+        return self.forks_at(self.first_lsn) | self.forks_at(self.last_lsn)
+
     @property
     def backup_start(self) -> datetime | None:
         return self.head.backup_start

@@ -1,7 +1,9 @@
-"""Recovery targets: the point in time or LSN a restore stops at, resolved against one database's backups.
+"""Recovery points: the point in time or LSN a restore stops at, resolved against one database's backups.
+
+Named stop points, not targets: in the SQL Server engine a target is the server a database is restored onto.
 
 SQL Server dates in backup headers are the source's local time with its UTC offset of the moment (format doc
-§5), so a target typed without an offset is read in the source's clock, and a STOPAT value is written back
+§5), so a stop time typed without an offset is read in the source's clock, and a STOPAT value is written back
 in the offset of the log it stops in.
 """
 
@@ -16,8 +18,9 @@ from ferry.engines.sqlserver.stripes import LogicalBackup
 
 
 @dataclass(frozen=True)
-class RecoveryTarget:
-    """Where to stop: a point in time or an LSN. A naive `time` is the source server's wall-clock time."""
+class StopPoint:
+    """Where a restore stops: a point in time or an LSN. A naive `time` is the source server's wall-clock
+    time. (`ferry.core.catalog.RecoveryTarget` is the same request before the engine parsed its LSN.)"""
 
     time: datetime | None = None
     lsn: int | None = None
@@ -25,7 +28,7 @@ class RecoveryTarget:
     def __post_init__(self) -> None:
         if self.time is not None and self.lsn is not None:
             raise UsageError(
-                "a recovery target is a point in time or an LSN, not both",
+                "a stop point is a point in time or an LSN, not both",
                 "give either the time or the LSN to stop at",
             )
 
@@ -37,25 +40,25 @@ def as_utc(value: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Goal:
-    """A target resolved for comparison: `time` is always aware."""
+    """A stop point resolved for comparison: `time` is always aware."""
 
     time: datetime | None
     lsn: int | None
 
     def allows_base(self, b: LogicalBackup) -> bool:
-        """A full or differential may start the restore only if it ends at or before the target."""
+        """A full or differential may start the restore only if it ends at or before the stop point."""
         if self.lsn is not None:
             return b.last_lsn <= self.lsn
         return self.time is not None and b.backup_finish is not None and as_utc(b.backup_finish) <= self.time
 
     def done_at(self, b: LogicalBackup) -> bool:
-        """Restoring `b` whole ends exactly at the target, so no STOPAT is needed."""
+        """Restoring `b` whole ends exactly at the stop point, so no STOPAT is needed."""
         if self.lsn is not None:
             return b.last_lsn >= self.lsn
         return self.time is not None and b.backup_finish is not None and as_utc(b.backup_finish) >= self.time
 
     def stop_in(self, log: LogicalBackup) -> str | None:
-        """The STOPAT value if the target lies inside `log`, else None (apply the log whole)."""
+        """The STOPAT value if the stop point lies inside `log`, else None (apply the log whole)."""
         if self.lsn is not None:
             # LastLSN is the first LSN after the backup and STOPATMARK includes the record at the LSN, so
             # that record is in this log only below LastLSN; at LastLSN exactly the log is applied whole.
@@ -69,7 +72,7 @@ class Goal:
 
 
 def _source_zone(local: datetime, backups: Sequence[LogicalBackup]) -> tzinfo:
-    """The UTC offset a naive target time is meant in. Backups carry the source's offset of the moment, which
+    """The UTC offset a naive stop time is meant in. Backups carry the source's offset of the moment, which
     moves with daylight saving: take the one in force at the last backup finished (wall clock) by `local`."""
     stamped = [
         (b.backup_finish, b)
@@ -83,13 +86,13 @@ def _source_zone(local: datetime, backups: Sequence[LogicalBackup]) -> tzinfo:
     return (before[-1] if before else stamped[0])[0].tzinfo or UTC
 
 
-def resolve_target(target: RecoveryTarget | None, backups: Sequence[LogicalBackup]) -> Goal | None:
-    """The target ready to compare, or None when there is none (restore as far as the backups go)."""
-    if target is None or (target.time is None and target.lsn is None):
+def resolve_stop_point(stop: StopPoint | None, backups: Sequence[LogicalBackup]) -> Goal | None:
+    """The stop point ready to compare, or None when there is none (restore as far as the backups go)."""
+    if stop is None or (stop.time is None and stop.lsn is None):
         return None
-    if target.time is None:
-        return Goal(None, target.lsn)
-    when = target.time
+    if stop.time is None:
+        return Goal(None, stop.lsn)
+    when = stop.time
     if when.utcoffset() is None:
         when = when.replace(tzinfo=_source_zone(when, backups))
     return Goal(when, None)

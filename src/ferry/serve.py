@@ -1,4 +1,5 @@
-"""`ferry serve`: everything in one process. The state store, the API token, a local Temporal dev server
+"""`ferry serve`: everything in one process, put together here, above the service and the agent it wires
+up (the composition root). The state store, the API token, a local Temporal dev server
 (unless `--temporal HOST:PORT`), an in-process worker for the control queue (the workflows and their
 bookkeeping) and one agent per local target, and the REST API on uvicorn.
 
@@ -32,23 +33,21 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from ferry.core.errors import UsageError
-from ferry.service import workflow_io as io
-from ferry.service.activities import ControlActivities, TargetConfig
+from ferry.engines.base import ReplaySettings
+from ferry.service.activities import TargetConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8470
 DEFAULT_CONCURRENCY = 4
 DEFAULT_TARGET = "local"  # the target `ferry serve` serves when no --target is given: DATA/targets
-CONTROL_SLOTS = 16
 
 
 @dataclass
@@ -66,6 +65,7 @@ class ServeOptions:
     reset_token: bool = False
     save_token: bool = False
     os_user: str | None = None  # of the default target (DATA/targets) when no --target is given
+    replay: ReplaySettings = field(default_factory=ReplaySettings)  # of every target served here
 
 
 def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetConfig | str:
@@ -146,6 +146,7 @@ class Service:
         from ferry.agent.worker import on_signals, prepare_root, register, running, target_workers
         from ferry.service.api import create_app
         from ferry.service.auth import TokenVerifier, ensure_token, reset_token, save_token
+        from ferry.service.control import control_worker
         from ferry.service.orchestrator import TemporalOrchestrator
         from ferry.service.store import SqlStateStore
         from ferry.service.temporal_dev import DevServer, connect
@@ -161,6 +162,7 @@ class Service:
                     socket.gethostname(),
                 )
             ]
+        opts.targets = [replace(t, replay=opts.replay) for t in opts.targets]
         _check_port_free(opts.host, opts.port)
         prepare_data(opts)
         if opts.local_agent:
@@ -225,25 +227,6 @@ class Service:
             if dev is not None:
                 dev.stop()
             store.close()
-
-
-def control_worker(client: Any, store: Any) -> Any:
-    """The worker of the control queue: the workflows, and the state records they run as local
-    activities (the benchmark builds its own from this too)."""
-    from temporalio.worker import Worker
-
-    from ferry.service.workflows import MigrationWorkflow
-
-    ctl = ControlActivities(store)
-    return Worker(
-        client,
-        task_queue=io.CONTROL_QUEUE,
-        workflows=[MigrationWorkflow],
-        activities=[ctl.record_state, ctl.record_event],
-        activity_executor=ThreadPoolExecutor(CONTROL_SLOTS, thread_name_prefix="ferry-control"),
-        max_concurrent_activities=CONTROL_SLOTS,
-        max_concurrent_local_activities=CONTROL_SLOTS,
-    )
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -1,0 +1,162 @@
+"""One model SQL Server instance: its settings, durable state, file system and live sessions."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tests.mssql_model.catalog import FileSystem, Login, State, load_state, new_sid, now_text, save_state
+from tests.mssql_model.media import MediaReader
+
+# SQL Server major version -> the DatabaseVersion its databases have (the rules doc's table).
+DATABASE_VERSIONS = {9: 611, 10: 661, 11: 706, 12: 782, 13: 852, 14: 869, 15: 904, 16: 957, 17: 998}
+# Oldest DatabaseVersion a server restores: 2012 and 2014 read 2005 backups, 2016 and later 2008 ones.
+OLDEST_RESTORABLE = {11: 611, 12: 611}
+DEFAULT_OLDEST = 655
+DEFAULT_LOGIN = "sa:Model-Passw0rd:sysadmin"
+
+
+@dataclass
+class Config:
+    state_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    version: str = "15.0.2000.5"
+    edition: str = "Developer Edition (64-bit)"
+    engine_edition: int = 3
+    instance: str | None = None
+    machine: str = "MSSQLMODEL"
+    logins: list[str] = field(default_factory=lambda: [DEFAULT_LOGIN])
+    restore_mbps: float = 200.0
+    min_restore_seconds: float = 0.05
+    free_bytes: dict[str, int] = field(default_factory=dict)
+    default_free_bytes: int = 1 << 40
+    fs_root: Path | None = None
+    data_path: str = "/var/opt/mssql/data/"
+    log_path: str = "/var/opt/mssql/data/"
+    backup_path: str = "/var/opt/mssql/backup/"
+
+    @property
+    def version_tuple(self) -> tuple[int, int, int]:
+        parts = [int(p) for p in self.version.split(".")] + [0, 0, 0]
+        return parts[0], parts[1], parts[2]
+
+    @property
+    def database_version(self) -> int:
+        major, minor, _ = self.version_tuple
+        if major == 10 and minor < 50:
+            return 655
+        return DATABASE_VERSIONS.get(major, 904)
+
+    @property
+    def oldest_restorable(self) -> int:
+        return OLDEST_RESTORABLE.get(self.version_tuple[0], DEFAULT_OLDEST)
+
+    @property
+    def compat_levels(self) -> tuple[int, int]:
+        major = self.version_tuple[0]
+        return (100 if major >= 12 else 90), major * 10
+
+    @property
+    def server_name(self) -> str:
+        return f"{self.machine}\\{self.instance}" if self.instance else self.machine
+
+    @property
+    def root(self) -> Path:
+        return self.fs_root or (self.state_dir / "fs")
+
+
+@dataclass
+class Session:
+    spid: int
+    login: Login
+    sock: socket.socket
+    host: str = ""
+    program: str = ""
+    database: str = "master"
+    trancount: int = 0
+    implicit_transactions: bool = False
+    login_time: str = field(default_factory=now_text)
+    command: str = "AWAITING COMMAND"
+    percent_complete: float = 0.0
+    request_start: datetime | None = None
+    killed: bool = False
+    tds: int = 0x74000004
+
+    def has_role(self, *roles: str) -> bool:
+        mine = {r.lower() for r in self.login.roles}
+        return "sysadmin" in mine or any(r.lower() in mine for r in roles)
+
+
+class Instance:
+    """Shared by every connection. `lock` guards `state`, `sessions` and `busy`; `save()` persists."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.state: State = load_state(config.state_dir)
+        self.fs = FileSystem(config.root, config.backup_path)
+        self.media = MediaReader(self.fs)
+        self.sessions: dict[int, Session] = {}
+        self.busy: dict[str, int] = {}  # database (lower) -> spid running a RESTORE on it
+        self._next_spid = 51
+        for folder in (config.data_path, config.log_path, config.backup_path):
+            self.fs.host(folder).mkdir(parents=True, exist_ok=True)
+        self._merge_logins()
+        self.save()
+
+    def _merge_logins(self) -> None:
+        for spec in self.config.logins:
+            name, _, rest = spec.partition(":")
+            password, _, roles = rest.partition(":")
+            existing = self.state.logins.get(name.lower())
+            sid = "01" if name.lower() == "sa" else (existing.sid if existing else new_sid())
+            role_list = [r.strip().lower() for r in roles.split(",") if r.strip()]
+            self.state.logins[name.lower()] = Login(name, password, role_list, sid)
+
+    def save(self) -> None:
+        with self.lock:
+            save_state(self.config.state_dir, self.state)
+
+    def new_spid(self) -> int:
+        with self.lock:
+            spid = self._next_spid
+            self._next_spid += 1
+            return spid
+
+    def users_of(self, database: str, but: int | None = None) -> list[Session]:
+        with self.lock:
+            return [
+                s for s in self.sessions.values() if s.database.lower() == database.lower() and s.spid != but
+            ]
+
+    def volume_of(self, path: str) -> tuple[str, int]:
+        """The configured volume (longest matching prefix) holding `path`, and its total bytes."""
+        key = self.fs.key(path)
+        best: tuple[str, int] | None = None
+        for prefix, size in self.config.free_bytes.items():
+            pkey = self.fs.key(prefix).rstrip("/")
+            if (key == pkey or key.startswith(pkey + "/") or pkey == "") and (
+                best is None or len(prefix) > len(best[0])
+            ):
+                best = (prefix, size)
+        if best is not None:
+            return best
+        parts = self.fs.parts(path)
+        top = (parts[0] + ":\\") if len(parts[0]) == 1 and path[1:2] == ":" else "/"
+        return top, self.config.default_free_bytes
+
+    def used_on(self, volume: str) -> int:
+        with self.lock:
+            return sum(
+                f.size
+                for db in self.state.databases.values()
+                for f in db.files
+                if self.volume_of(f.physical_name)[0] == volume
+            )
+
+    def available_on(self, volume: str, total: int) -> int:
+        return max(0, total - self.used_on(volume))
