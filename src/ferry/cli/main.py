@@ -28,7 +28,9 @@ from ferry.core.findings import has_errors
 from ferry.engines.registry import all_engines
 from ferry.pipeline.catalog import build_catalog, build_plan, select_databases
 from ferry.pipeline.discover import ScanResult, scan
+from ferry.stores.base import CheckedStore
 from ferry.stores.local import LocalStore
+from ferry.stores.location import StoreKind, parse_location, redact
 from ferry.stores.registry import open_location
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -103,13 +105,26 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], N
 
 def _scan(location: str, quiet: bool) -> ScanResult:
     store, prefix = open_location(location)
-    with _progress(f"Reading backup headers in {location}", quiet) as update:
+    _check_store(store)
+    with _progress(f"Reading backup headers in {redact(location)}", quiet) as update:
         return scan(store, all_engines(), prefix, progress=update)
+
+
+def _check_store(store: object) -> None:
+    """Credentials rejected, a missing container, an expired SAS: said before anything starts (exit 2)."""
+    if not isinstance(store, CheckedStore):
+        return
+    problems = [f for f in store.check_access() if f.severity.value == "error"]
+    if problems:
+        first = problems[0]
+        raise StoreError("; ".join(f.message for f in problems), first.hint)
 
 
 @app.command()
 def inspect(
-    files: Annotated[list[Path], typer.Argument(help="Backup files (.bak, .trn, any name).")],
+    files: Annotated[
+        list[str], typer.Argument(help="Backup files (.bak, .trn, any name): paths or store URLs.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="RESTORE HEADERONLY/FILELISTONLY as JSON.")] = False,
 ) -> None:
     """Show what backup files hold: RESTORE HEADERONLY and FILELISTONLY, read with no SQL Server."""
@@ -117,28 +132,28 @@ def inspect(
         engines = all_engines()
         rows: list[dict[str, Any]] = []
         failed = False
-        for path in files:
-            if not path.is_file():
-                raise UsageError(f"'{path}' is not a file", "give paths of backup files")
-            store = LocalStore(path.parent)
-            with store.open(path.name) as reader:
+        for arg in files:
+            store, key, shown = _one_object(arg)
+            reader = store.open(key)
+            try:
                 head = reader.read(0, 16)
                 engine = next((e for e in engines if e.sniff(head)), None)
                 if engine is None:
-                    err.print(f"[bold red]error:[/] '{path}' is not a backup file Ferry knows")
+                    err.print(f"[bold red]error:[/] '{shown}' is not a backup file Ferry knows", markup=True)
                     err.print("[dim]hint: give SQL Server .bak/.trn files[/]")
                     failed = True
                     continue
                 try:
                     sets = engine.read(reader)
                 except FerryError as exc:
-                    err.print(f"[bold red]error:[/] {exc.message.replace(path.name, str(path), 1)}")
-                    err.print(f"[dim]hint: {exc.hint}[/]")
+                    render.error(err, exc.message.replace(key, shown, 1), exc.hint)
                     failed = True
                     continue
+            finally:
+                reader.close()
             for s in sets:
                 row = _inspect_row(s)
-                row["path"] = str(path)
+                row["path"] = shown
                 rows.append(row)
         if as_json:
             render.emit_json(rows)
@@ -146,6 +161,24 @@ def inspect(
             render.inspect(out, rows)
         if failed:
             raise typer.Exit(EXIT_INPUT)
+
+
+def _one_object(arg: str) -> tuple[Any, str, str]:
+    """The store, key and printable name of one backup file given by path or URL."""
+    loc = parse_location(arg)
+    if loc.kind is StoreKind.LOCAL:
+        path = Path(loc.path)
+        if not path.is_file():
+            raise UsageError(f"'{path}' is not a file", "give paths of backup files")
+        return LocalStore(path.parent), path.name, str(path)
+    store, key = open_location(loc)
+    if not key:
+        raise UsageError(
+            f"'{loc.display}' is not a single backup file",
+            "give the URL of one file; `ferry scan` reads folders",
+        )
+    _check_store(store)
+    return store, key, loc.display
 
 
 def _inspect_row(s: object) -> dict[str, Any]:
@@ -164,7 +197,7 @@ def scan_cmd(
     """List the databases whose backups are in PATH, and how far each can be restored."""
     with _errors():
         result = _scan(path, as_json)
-        cat = build_catalog(path, result, all_engines())
+        cat = build_catalog(redact(path), result, all_engines())
         if as_json:
             render.emit_json(cat.to_json())
         else:
@@ -208,7 +241,7 @@ def plan(
     with _errors():
         target = _target(stop_at, stop_at_lsn)
         result = _scan(path, as_json)
-        p = select_databases(build_plan(path, result, all_engines(), target=target), database or [])
+        p = select_databases(build_plan(redact(path), result, all_engines(), target=target), database or [])
         if as_json:
             render.emit_json(p.to_json())
         else:

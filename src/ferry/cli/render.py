@@ -19,19 +19,25 @@ from ferry.core.catalog import Catalog
 from ferry.core.findings import Finding, Severity
 from ferry.core.migration import MigrationStatus
 from ferry.core.plan import Plan
+from ferry.stores.location import redact_text
 
 if TYPE_CHECKING:
     from ferry.engines.postgres.migration import MigrationResult
 
 
 def error(console: Console, message: str, hint: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages may quote a location or what a server said: never print a password, SAS or key. Not
+    # markup (a URL may hold brackets), not wrapped (a URL must stay one piece to be copied).
+    console.print(Text.assemble(("error:", "bold red"), " ", redact_text(message)), soft_wrap=True)
     if hint:
-        console.print(f"[dim]hint: {hint}[/]", highlight=False)
+        console.print(Text(f"hint: {redact_text(hint)}", style="dim"), soft_wrap=True)
 
 
 def internal_error(console: Console, exc: BaseException) -> None:
-    console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+    console.print(
+        Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {redact_text(str(exc))}"),
+        soft_wrap=True,
+    )
     console.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
 
 

@@ -28,7 +28,8 @@ from uuid import UUID, SafeUUID
 from ferry.core.errors import BackupFormatError, StoreError
 from ferry.core.findings import Finding, Severity
 from ferry.engines.base import Engine
-from ferry.stores.base import BackupStore, ObjectInfo
+from ferry.stores.base import BackupStore, ObjectInfo, RangeReader
+from ferry.stores.errors import ObjectChanged
 from ferry.stores.local import LocalStore
 from ferry.stores.prefetch import PrefetchedReader
 
@@ -224,7 +225,7 @@ def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo)
             if not out.sets:  # the engine looked deeper than the sniff could: not one of its files
                 out.engine = None
                 out.finding = _not_a_backup(info)
-            if _changed(store, info, raw.size):
+            if _changed(store, info, raw.size, raw):
                 out.sets = ()
                 out.finding = _finding(
                     "file-changing",
@@ -235,6 +236,15 @@ def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo)
                 )
     except BackupFormatError as exc:
         out.finding = _format_finding(exc, store, info)
+    except ObjectChanged:
+        out.sets = ()
+        out.finding = _finding(
+            "file-changing",
+            Severity.WARNING,
+            f"'{info.key}' changed while Ferry read it: it is still being written",
+            "Ferry reads it again on the next scan, once the backup has finished",
+            info.key,
+        )
     except StoreError as exc:
         out.finding = _finding("file-unreadable", Severity.ERROR, exc.message, exc.hint, info.key)
     finally:
@@ -243,9 +253,16 @@ def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo)
     return out
 
 
-def _changed(store: BackupStore, info: ObjectInfo, size_at_open: int) -> bool:
+def _changed(
+    store: BackupStore, info: ObjectInfo, size_at_open: int, reader: RangeReader | None = None
+) -> bool:
     if size_at_open != info.size:
         return True
+    # A store whose reads are pinned to one version fails them if the object changes; a reader's etag
+    # equal to the listing's then proves the object is the one listed, without another request.
+    pinned = getattr(reader, "etag", None)
+    if pinned and info.etag and store.capabilities.pinned_reads:
+        return bool(pinned != info.etag)
     try:
         return store.stat(info.key).size != info.size
     except StoreError:

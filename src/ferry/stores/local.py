@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ferry.core.errors import ObjectNotFound, StoreError
-from ferry.stores.base import ObjectInfo, StoreCapabilities
+from ferry.core.findings import Finding, Severity
+from ferry.stores.base import ObjectInfo, PutResult, StoreCapabilities, check_key, check_prefix
+from ferry.stores.errors import AccessDenied, ObjectConflict
+
+COPY_CHUNK = 4 << 20
 
 
 class LocalFileReader:
@@ -17,14 +26,18 @@ class LocalFileReader:
         self._key = key
         try:
             self._fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(str(path.parent), key) from None
         except OSError as exc:
             raise StoreError(
                 f"cannot open '{key}': {exc.strerror}",
                 "check that Ferry's user may read this file",
             ) from None
-        self._size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise ObjectNotFound(str(path.parent), key)
+        self._size = st.st_size
         self._bytes_read = 0
 
     @property
@@ -75,17 +88,15 @@ class LocalStore:
 
     @property
     def capabilities(self) -> StoreCapabilities:
-        return StoreCapabilities(ranged_reads=True, etags=False, writable=True)
+        return StoreCapabilities(ranged_reads=True, etags=False, writable=True, poll_seconds=2.0)
 
     def _path(self, key: str) -> Path:
         # Keys come from listings or from users; refuse any that would climb out of the root.
-        parts = [p for p in key.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise ObjectNotFound(self._url, key)
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key, self._url).split("/"))
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        start = self._path(prefix) if prefix else self.root
+        prefix = check_prefix(prefix, self._url)
+        start = self.root.joinpath(*prefix.split("/")) if prefix else self.root
         if prefix and start.is_file():
             yield self._info(prefix, start)
             return
@@ -117,7 +128,130 @@ class LocalStore:
         path = self._path(key)
         if not path.is_file():
             raise ObjectNotFound(self._url, key)
-        return self._info(key, path)
+        return self._info(check_key(key, self._url), path)
 
     def open(self, key: str) -> LocalFileReader:
         return LocalFileReader(key, self._path(key))
+
+    def put_new(self, key: str, source: bytes | BinaryIO) -> PutResult:
+        """A temp file beside the target, fsync, then a hard link to the final name: link fails when the
+        name exists, so nothing is ever overwritten, even by a concurrent writer; then fsync the folder."""
+        key = check_key(key, self._url)
+        final = self._path(key)
+        folder = final.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AccessDenied(
+                self._url, f"create folder '{folder}'", exc.strerror or str(exc),
+                "give Ferry's OS user write access to the store",
+            ) from None  # fmt: skip
+        tmp = folder / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            size = _write_file(tmp, source)
+            present = _publish(tmp, final)
+            if not present:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write '{key}' in store '{self._url}': {exc.strerror}",
+                "check free space and that Ferry's OS user may write to the store",
+            ) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if present and not _same_file(final, source):
+            raise ObjectConflict(self._url, key)
+        return PutResult(key, size, present)
+
+    def check_access(self, *, write: bool = False) -> list[Finding]:
+        problems: list[Finding] = []
+        if not self.root.exists():
+            problems.append(
+                Finding(
+                    "store-missing",
+                    Severity.ERROR,
+                    f"'{self.root}' does not exist",
+                    "create the folder, or mount the share that holds the backups",
+                )
+            )
+        elif not os.access(self.root, os.R_OK | os.X_OK):
+            problems.append(
+                Finding(
+                    "store-access-denied",
+                    Severity.ERROR,
+                    f"Ferry may not list '{self.root}'",
+                    "give Ferry's OS user read and execute permission on the folder",
+                )
+            )
+        elif write and not os.access(self.root, os.W_OK):
+            problems.append(
+                Finding(
+                    "store-read-only",
+                    Severity.ERROR,
+                    f"Ferry may not write into '{self.root}'",
+                    "give Ferry's OS user write permission on the folder",
+                )
+            )
+        return problems
+
+
+def _write_file(tmp: Path, source: bytes | BinaryIO) -> int:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    size = 0
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            chunks: Iterator[bytes] = iter([bytes(source)])
+        else:
+            source.seek(0)
+            chunks = iter(lambda: source.read(COPY_CHUNK), b"")
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            size += len(chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _publish(tmp: Path, final: Path) -> bool:
+    """Give `tmp` its final name without overwriting. True when a file was already there."""
+    try:
+        os.link(tmp, final)
+        return False
+    except FileExistsError:
+        return True
+    except OSError as exc:
+        # Some mounted shares cannot hard-link: check-then-rename leaves a tiny race, acceptable there.
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if final.exists():
+            return True
+        os.rename(tmp, final)
+        return False
+
+
+def _same_file(path: Path, source: bytes | BinaryIO) -> bool:
+    try:
+        with open(path, "rb") as stored:
+            if isinstance(source, bytes | bytearray | memoryview):
+                return stored.read() == bytes(source)
+            source.seek(0)
+            while True:
+                a, b = stored.read(COPY_CHUNK), source.read(COPY_CHUNK)
+                if a != b:
+                    return False
+                if not a:
+                    return True
+    except OSError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
