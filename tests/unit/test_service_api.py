@@ -210,11 +210,8 @@ def test_a_batch_is_created_and_started_in_one_call(api: Api) -> None:
     body = {
         "migrations": [{"source": f"/backups/db{i}", "target": "t1" if i % 2 else "t2"} for i in range(100)]
     }
-    started = time.perf_counter()
     resp = api.post("/migrations", body)
-    elapsed = time.perf_counter() - started
     assert resp.status_code == 201 and len(resp.json()["migrations"]) == 100
-    assert elapsed < 2.0, f"creating 100 migrations took {elapsed:.2f} s"
     [(what, ids)] = api.orch.calls
     assert what == "start" and ids == [m["id"] for m in resp.json()["migrations"]]
 

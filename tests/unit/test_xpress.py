@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -337,15 +336,8 @@ def test_real_chunk_truncations_fail_cleanly() -> None:
             decompress_lz77_huffman(chunk[:cut], size)
 
 
-def test_speed_of_a_64k_chunk() -> None:
-    # Worst case for a table-driven decoder in Python: 65,536 literals, one loop turn each.
+def test_a_64k_chunk_of_literals() -> None:
+    # Worst case for a table-driven decoder: 65,536 literals, one loop turn each (its speed is measured by
+    # bench/scan.py, not asserted here: these machines are shared).
     payload = os.urandom(65536)
-    data = _stream(list(payload))
-    best = min(_timed(data) for _ in range(3))
-    assert best < 0.1, f"64 KiB of literals took {best * 1000:.1f} ms"  # ~12 ms on CPython 3.11
-
-
-def _timed(data: bytes) -> float:
-    start = time.perf_counter()
-    decompress_lz77_huffman(data, 65536)
-    return time.perf_counter() - start
+    assert decompress_lz77_huffman(_stream(list(payload)), 65536) == payload
