@@ -91,9 +91,16 @@ class StateStore(Protocol):
     def find(self, state: State | None = None, target: str | None = None) -> list[MigrationRecord]: ...
 
     def set_state(
-        self, migration_id: str, state: State, status: dict[str, Any] | None = None, error: str | None = None
+        self,
+        migration_id: str,
+        state: State,
+        status: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        expected: State | None = None,
     ) -> MigrationRecord:
-        """Moves along core.migration.TRANSITIONS only; records a "state" event for every change."""
+        """Moves along core.migration.TRANSITIONS only; records a "state" event for every change.
+        `expected`: move only from that state (a compare-and-set; an InvalidTransition otherwise)."""
         ...
 
     def set_status(self, migration_id: str, status: dict[str, Any]) -> None:

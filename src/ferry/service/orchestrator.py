@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
@@ -102,7 +103,10 @@ class TemporalOrchestrator:
                 f"no migration '{migration_id}'", "list them with `ferry migrations list`"
             )
         if record.state is State.FAILED:
-            record = await to_thread.run_sync(self.store.set_state, migration_id, State.QUEUED)
+            # Compare-and-set: of two retries at once, the second finds Queued and starts nothing.
+            record = await to_thread.run_sync(
+                partial(self.store.set_state, migration_id, State.QUEUED, expected=State.FAILED)
+            )
         if record.state is not State.QUEUED:
             raise OrchestratorError(
                 f"migration '{migration_id}' is {record.state.value}: only a Failed one is retried",

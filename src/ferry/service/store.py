@@ -33,7 +33,8 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from ferry.core.errors import FerryError, UsageError
-from ferry.core.migration import State, transition
+from ferry.core.migration import InvalidTransition, State, transition
+from ferry.core.redact import redact_location, redact_text, redact_value
 from ferry.service.auth import data_folder
 from ferry.service.contracts import Event, MigrationRecord, MigrationRequest, Mode
 
@@ -59,6 +60,19 @@ class UnknownMigration(FerryError, LookupError):
     def __init__(self, migration_id: str) -> None:
         super().__init__(f"no migration '{migration_id}'", "list the migrations with `ferry migrations list`")
         self.migration_id = migration_id
+
+
+class StateConflict(InvalidTransition):
+    """A compare-and-set of a migration's state that found another state: someone else moved it first."""
+
+    def __init__(self, migration_id: str, current: State, expected: State, wanted: State) -> None:
+        super().__init__(current, wanted)
+        self.message = (
+            f"migration '{migration_id}' is {current.value}, not {expected.value}: it was not moved to "
+            f"{wanted.value}"
+        )
+        self.hint = "another request moved it first; look at its state and events"
+        self.migration_id, self.current, self.expected = migration_id, current, expected
 
 
 class BatchRejected(FerryError, ValueError):
@@ -261,7 +275,9 @@ def new_id() -> str:
 
 
 def base_name(source: str) -> str:
-    """A default name from the source folder's last component: `s3://b/pg/db1/` gives `db1`."""
+    """A default name from the source folder's last component: `s3://b/pg/db1/` gives `db1`. Taken from
+    the redacted source: a source with no path after its host must not lend its password to the name."""
+    source = redact_location(source)
     path = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", source.split("?", 1)[0].split("#", 1)[0])
     last = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:100]
@@ -484,6 +500,18 @@ class SqlStateStore:
             row = conn.execute(sa.select(migrations).where(migrations.c.id == migration_id)).one_or_none()
             return _record(row) if row is not None else None
 
+    def find_refs(self, refs: list[str]) -> dict[str, MigrationRecord]:
+        """The migrations `refs` name (each an id or a name), in one query: {ref: record} for each ref
+        that names one. An id wins over a name that happens to look the same."""
+        if not refs:
+            return {}
+        query = sa.select(migrations).where(migrations.c.id.in_(refs) | migrations.c.name.in_(refs))
+        with self._read() as conn:
+            records = [_record(row) for row in conn.execute(query)]
+        by_id = {r.id: r for r in records}
+        by_name = {r.name: r for r in records}
+        return {ref: r for ref in refs if (r := by_id.get(ref) or by_name.get(ref)) is not None}
+
     def get_by_name(self, name: str) -> MigrationRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(migrations).where(migrations.c.name == name)).one_or_none()
@@ -499,19 +527,34 @@ class SqlStateStore:
             return [_record(row) for row in conn.execute(query)]
 
     def set_state(
-        self, migration_id: str, state: State, status: dict[str, Any] | None = None, error: str | None = None
+        self,
+        migration_id: str,
+        state: State,
+        status: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        expected: State | None = None,
     ) -> MigrationRecord:
         """Moves along TRANSITIONS only (InvalidTransition otherwise) and records a "state" event for a
         change, in the same transaction. Failed to Queued is a retry: the attempt counts up, the error
-        is cleared (it stays in the event log)."""
+        is cleared (it stays in the event log). `expected`: a compare-and-set, the move is made only from
+        that state (StateConflict otherwise), so of two callers racing for one move exactly one makes it.
+
+        Secrets in `status` and `error` (a source's password in an error message) are masked on the way
+        in: the store keeps a source as given, and nothing else."""
         if status is not None:
             _check_json(status, f"status of migration '{migration_id}'")
+            status = redact_value(status)
+        if error is not None:
+            error = redact_text(error)
         with self._write() as conn:
             query = sa.select(migrations.c.state).where(migrations.c.id == migration_id).with_for_update()
             current_text = conn.scalar(query)
             if current_text is None:
                 raise UnknownMigration(migration_id)
             current = State(current_text)
+            if expected is not None and current is not expected:
+                raise StateConflict(migration_id, current, expected, state)
             transition(current, state)
             values: dict[str, Any] = {"updated_at": _now()}
             if status is not None:
@@ -534,6 +577,7 @@ class SqlStateStore:
 
     def set_status(self, migration_id: str, status: dict[str, Any]) -> None:
         _check_json(status, f"status of migration '{migration_id}'")
+        status = redact_value(status)
         with self._write() as conn:
             update = sa.update(migrations).where(migrations.c.id == migration_id)
             done = conn.execute(update.values(status=status, updated_at=_now()))
@@ -553,6 +597,15 @@ class SqlStateStore:
         with self._write() as conn:
             return self._append(conn, migration_id, kind, message, data or {})
 
+    def append_events(self, items: Sequence[tuple[str, str, str, dict[str, Any]]]) -> list[Event]:
+        """Many events (migration id, kind, message, data) in one transaction: a cutover of thousands."""
+        for _, kind, _, data in items:
+            if kind not in EVENT_KINDS:
+                raise ValueError(f"event kind '{kind}' is not one of {', '.join(sorted(EVENT_KINDS))}")
+            _check_json(data, f"data of a '{kind}' event")
+        with self._write() as conn:
+            return [self._append(conn, mid, kind, message, data) for mid, kind, message, data in items]
+
     def _append(self, conn: Connection, migration_id: str, kind: str, message: str,
                 data: dict[str, Any]) -> Event:  # fmt: skip
         # The counter lives on the migration's row: the row lock orders this log's appends, and only it.
@@ -565,6 +618,7 @@ class SqlStateStore:
         seq = conn.scalar(bump)
         if seq is None:
             raise UnknownMigration(migration_id)
+        message, data = redact_text(message), redact_value(data)
         at = _now()
         conn.execute(
             sa.insert(events).values(

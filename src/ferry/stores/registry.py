@@ -34,3 +34,18 @@ def open_store(location: str) -> BackupStore:
         f"backup location '{location}' uses the scheme '{parsed.scheme}', which this Ferry cannot read",
         "use a local path or a file:// URL",
     )
+
+
+def check_location(location: str) -> None:
+    """Raise UsageError when no store of this build can read `location` (its scheme); opens nothing, so
+    it may be asked about a location on another host (the service does, before it records a migration)."""
+    try:
+        parsed = urlparse(location)
+    except ValueError as exc:  # a malformed URL: an unclosed IPv6 bracket, say
+        raise UsageError(f"backup location '{location}' is not a URL Ferry can read: {exc}", "") from None
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and location[1:2] == ":"):
+        return
+    raise UsageError(
+        f"backup location '{location}' uses the scheme '{parsed.scheme}', which this Ferry cannot read",
+        "use a local path or a file:// URL",
+    )
