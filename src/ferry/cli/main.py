@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ferry import __version__
@@ -40,8 +41,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(migrations_app, name="migrations")
-out = Console()
-err = Console(stderr=True)
+out = render.console()
+err = render.console(stderr=True)
+
+
+def os_error(exc: OSError, path: object = None) -> UsageError:
+    """What the file system said, on which path, and what to do about it."""
+    where = path if path is not None else (exc.filename or "a file")
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENAMETOOLONG:
+        hint = "a name in the path is longer than 255 bytes, or the whole path longer than 4096: check it"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        hint = "Ferry's user may not read it, or may not enter a folder above it: check their permissions"
+    elif exc.errno == errno.ELOOP:
+        hint = "the path goes through a loop of symbolic links: check them"
+    else:
+        hint = "check the path"
+    return UsageError(f"cannot read '{where}': {reason}", hint)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
@@ -60,6 +76,8 @@ def _errors() -> Iterator[None]:
         raise _fail(exc, EXIT_INPUT) from None
     except FerryError as exc:
         raise _fail(exc, EXIT_FINDINGS) from None
+    except OSError as exc:  # the file system refused: not a bug in Ferry, and the user can act on it
+        raise _fail(os_error(exc), EXIT_INPUT) from None
     except Exception as exc:
         render.internal_error(err, exc)
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -101,7 +119,7 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], N
 
 def _scan(location: str, quiet: bool) -> ScanResult:
     store, prefix = open_location(location)
-    with _progress(f"Reading backup headers in {location}", quiet) as update:
+    with _progress(f"Reading backup headers in {escape(render.clean(location))}", quiet) as update:
         return scan(store, all_engines(), prefix, progress=update)
 
 
@@ -116,22 +134,26 @@ def inspect(
         rows: list[dict[str, Any]] = []
         failed = False
         for path in files:
-            if not path.is_file():
+            try:
+                is_file = path.is_file()
+            except OSError as exc:  # an unreadable folder above it, a name too long
+                raise os_error(exc, path) from None
+            if not is_file:
                 raise UsageError(f"'{path}' is not a file", "give paths of backup files")
             store = LocalStore(path.parent)
             with store.open(path.name) as reader:
                 head = reader.read(0, 16)
                 engine = next((e for e in engines if e.sniff(head)), None)
                 if engine is None:
-                    err.print(f"[bold red]error:[/] '{path}' is not a backup file Ferry knows")
-                    err.print("[dim]hint: give SQL Server .bak/.trn files[/]")
+                    render.error(
+                        err, f"'{path}' is not a backup file Ferry knows", "give SQL Server .bak/.trn files"
+                    )
                     failed = True
                     continue
                 try:
                     sets = engine.read(reader)
                 except FerryError as exc:
-                    err.print(f"[bold red]error:[/] {exc.message.replace(path.name, str(path), 1)}")
-                    err.print(f"[dim]hint: {exc.hint}[/]")
+                    render.error(err, exc.message.replace(path.name, str(path), 1), exc.hint)
                     failed = True
                     continue
             for s in sets:

@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 from ferry.core.migration import State
 
 Mode = Literal["online", "offline"]
+# A migration's name, and what names one in a URL or a request: its id (`mig-` and 10 letters) or its name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,14 @@ from ferry.core.errors import FerryError, UsageError
 from ferry.core.migration import InvalidTransition, State, transition
 from ferry.core.redact import redact_location, redact_text, redact_value
 from ferry.service.auth import data_folder
-from ferry.service.contracts import Event, MigrationRecord, MigrationRequest, Mode
+from ferry.service.contracts import NAME_PATTERN, Event, MigrationRecord, MigrationRequest, Mode
 
 if TYPE_CHECKING:
     from ferry.service.contracts import StateStore
 
 ID_PREFIX = "mig-"
 ID_RE = re.compile(r"^mig-[a-z2-7]{10}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(NAME_PATTERN)
 MODES: tuple[Mode, ...] = ("online", "offline")
 EVENT_KINDS = frozenset({"step", "info", "error"})  # "state" events come from set_state only
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -23,11 +23,10 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from ferry.core.migration import State
-from ferry.service.contracts import MigrationRequest
+from ferry.service.contracts import NAME_PATTERN, MigrationRequest
 
 MAX_BATCH = 1000
 MAX_CUTOVER = 10 * MAX_BATCH
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # PostgreSQL X/Y (hex), SQL Server as RESTORE HEADERONLY prints it (decimal) or as its three parts. ASCII
 # digits only: `\d` would take any script's digits.
 LSN_PATTERN = r"^([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}|[0-9]{1,25}|[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10})$"
