@@ -49,10 +49,12 @@ class RecordingOrchestrator:
     async def start(self, records: list[MigrationRecord]) -> None:
         self._call("start", [r.id for r in records])
 
-    async def cutover(self, migration_id: str, final_lsn: str | None = None) -> None:
+    async def cutover(
+        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+    ) -> None:
         self._call("cutover", (migration_id, final_lsn))
 
-    async def cancel(self, migration_id: str) -> None:
+    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
         self._call("cancel", migration_id)
 
     async def retry(self, migration_id: str) -> None:

@@ -237,6 +237,35 @@ def plan(
             raise typer.Exit(EXIT_FINDINGS)
 
 
+# How `serve` (with --temporal) and `agent` reach Temporal, and the key of the payload codec.
+TlsCa = Annotated[
+    Path | None,
+    typer.Option("--temporal-tls-ca", help="CA certificate (PEM) of the Temporal server's certificate."),
+]
+TlsCert = Annotated[
+    Path | None, typer.Option("--temporal-tls-cert", help="Client certificate (PEM) for Temporal (mTLS).")
+]
+TlsKey = Annotated[
+    Path | None, typer.Option("--temporal-tls-key", help="The client certificate's key (PEM).")
+]
+TlsName = Annotated[
+    str | None,
+    typer.Option(
+        "--temporal-tls-server-name", help="Name the server's certificate must carry, if not its host."
+    ),
+]
+TlsOn = Annotated[
+    bool, typer.Option("--temporal-tls", help="Reach Temporal over TLS (implied by the other TLS options).")
+]
+CodecKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--codec-key",
+        help="The key that encrypts what Ferry hands Temporal: the file `ferry serve` made, DATA/codec.key "
+        "(the same for every process of a deployment).",
+    ),
+]
+
 # The replay settings `migrate`, `serve` and `agent` share (see MigrationSpec).
 BlockedAfter = Annotated[
     float,
@@ -391,14 +420,27 @@ def serve(
     ] = False,
     blocked_after: BlockedAfter = 60.0,
     ready_lag: ReadyLag = 2,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_name: TlsName = None,
+    tls_on: TlsOn = False,
+    codec_key: CodecKeyOpt = None,
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
     from ferry.engines.base import ReplaySettings
     from ferry.serve import ServeOptions, default_data, parse_target
     from ferry.serve import serve as run_service
     from ferry.service.activities import TargetConfig
+    from ferry.service.tls import TemporalTls
 
     with _errors():
+        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
+        if tls.active and not temporal:
+            raise UsageError(
+                "the --temporal-tls options are for a Temporal cluster given with --temporal",
+                "the embedded Temporal is reached over TLS with certificates Ferry makes in DATA/tls",
+            )
         folder = Path(os.path.abspath(data)) if data else default_data()
         parsed = [parse_target(t, folder, os_user) for t in target or []]
         options = ServeOptions(
@@ -416,6 +458,8 @@ def serve(
             save_token=save_token,
             os_user=os_user,
             replay=ReplaySettings(blocked_after, ready_lag),
+            temporal_tls=tls,
+            codec_key=Path(os.path.abspath(codec_key)) if codec_key else None,
         )
         with suppress(KeyboardInterrupt):
             run_service(options)
@@ -439,6 +483,12 @@ def agent(
     ] = None,
     blocked_after: BlockedAfter = 60.0,
     ready_lag: ReadyLag = 2,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_name: TlsName = None,
+    tls_on: TlsOn = False,
+    codec_key: CodecKeyOpt = None,
 ) -> None:
     """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
     import asyncio
@@ -447,7 +497,11 @@ def agent(
     from ferry.agent.worker import run_agent
     from ferry.engines.base import ReplaySettings
     from ferry.service.activities import TargetConfig
+    from ferry.service.auth import data_folder
+    from ferry.service.codec import KEY_FILE, load_key
+    from ferry.service.logs import configure
     from ferry.service.store import SqlStateStore
+    from ferry.service.tls import TemporalTls
 
     with _errors():
         if concurrency < 1:
@@ -459,14 +513,16 @@ def agent(
             os_user,
             replay=ReplaySettings(blocked_after, ready_lag),
         )
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        key = load_key(codec_key or data_folder() / KEY_FILE)
+        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
+        configure(logging.WARNING)
         state = SqlStateStore(store)
         err.print(
             f"agent of target {target}: {cfg.root}, {concurrency} restores at once; Temporal {temporal}"
         )
         try:
             with suppress(KeyboardInterrupt):
-                asyncio.run(run_agent(cfg, temporal, state, namespace=namespace))
+                asyncio.run(run_agent(cfg, temporal, state, key=key, tls=tls, namespace=namespace))
         finally:
             state.close()
 

@@ -46,7 +46,7 @@ def router(service: Service) -> APIRouter:
 
         async def signal(record: MigrationRecord, lsn: str | None) -> None:
             async with gate:
-                await service.orchestrator.cutover(record.id, lsn)
+                await service.orchestrator.cutover(record.id, lsn, record.attempt)
 
         results = await asyncio.gather(*(signal(r, lsn) for r, lsn in accepted), return_exceptions=True)
         done: list[tuple[MigrationRecord, str | None]] = []

@@ -70,7 +70,7 @@ def router(service: Service) -> APIRouter:
                 f"see its state and events: `ferry migrations show {record.id}`",
                 {"state": record.state.value},
             )
-        await orchestrate(f"cancel '{record.name}'", service.orchestrator.cancel(record.id))
+        await orchestrate(f"cancel '{record.name}'", service.orchestrator.cancel(record.id, record.attempt))
         await db(service.store.append_event, record.id, "info", "cancel requested", {"by": "api"})
         return JSONResponse({"migration": record_json(record)}, status_code=202)
 
