@@ -430,6 +430,38 @@ def test_unusable_paths_fail_at_once_and_the_log_stays_one_line_each(served: Ser
     assert sum("does not exist" in line for line in log.splitlines()) <= 110
 
 
+def test_a_newest_wal_file_that_is_no_segment_fails_validate_with_the_reason(
+    root: Path, served: Served
+) -> None:
+    """Offline, the store's newest file named like a segment is a FIFO, or 1 MiB of something else: the
+    migration does not wait in RestoringLogs for ever, it fails at validate, naming the file."""
+    sources = {"fifo": make_source(root / "bad-fifo"), "short": make_source(root / "bad-short")}
+    bad = {}
+    try:
+        for kind, src in sources.items():
+            src.stop()
+            last = sorted(p.name for p in (src.store / "wal").glob("0*") if len(p.name) == 24)[-1]
+            name = f"{last[:16]}{int(last[16:], 16) + 1:08X}"
+            if kind == "fifo":
+                os.mkfifo(src.store / "wal" / name)
+            else:
+                (src.store / "wal" / name).write_bytes(os.urandom(1 << 20))
+            bad[kind] = name
+        records = served.create(
+            [{"source": str(src.store), "target": "local", "name": f"bad-{kind}", "mode": "offline"}
+             for kind, src in sources.items()]
+        )  # fmt: skip
+        done = served.wait([r["id"] for r in records], {"Failed"}, timeout=90)
+        for record, kind in zip(done, sources, strict=True):
+            assert bad[kind] in (record["error"] or "") and "is not one" in (record["error"] or ""), record
+            states = [e["data"]["to"] for e in served.events(record["id"]) if e["kind"] == "state"]
+            assert "RestoringLogs" not in states
+    finally:
+        for src in sources.values():
+            if src.cluster.is_running():
+                src.stop()
+
+
 def test_serve_says_when_the_temporal_port_is_taken(root: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
