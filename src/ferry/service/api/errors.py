@@ -5,6 +5,7 @@ not a success: Ferry's own refusals (ApiError), FastAPI's validation errors (400
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,6 +101,21 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     )
 
 
+def _allowed(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives this path (Starlette's own Allow names only one route's): a
+    path of its own (`/migrations/cutover`) before a template it also fits (`/migrations/{id}`)."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    if path in paths:
+        return sorted(m.upper() for m in paths[path])
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        pattern = "^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -118,6 +134,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message, hint = f"no route {request.method} {path}", f"the API is under {PREFIX}"
         elif exc.status_code == 405:
             message, hint = f"{request.method} is not allowed on {path}", "see /docs"
+            allowed = _allowed(request)
+            if allowed:
+                hint = f"{path} takes {', '.join(allowed)}"
+                return error_response(
+                    ApiError(405, code, message, hint, headers={"Allow": ", ".join(allowed)})
+                )
         else:
             hint = ""
         return error_response(ApiError(exc.status_code, code, message, hint, headers=dict(exc.headers or {})))

@@ -44,6 +44,11 @@ def _storable(value: str) -> str:
 
 Ref = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_storable)]
 Lsn = Annotated[str, StringConstraints(pattern=LSN_PATTERN), AfterValidator(_storable)]
+# Constraints on the string itself (not on an optional field), so that the schema carries them too.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_storable)]
+FileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=1024, pattern=NO_NUL), AfterValidator(_storable)
+]
 
 
 def _migration_schema(schema: dict[str, Any]) -> None:
@@ -70,16 +75,8 @@ class MigrationIn(BaseModel):
         min_length=1, max_length=128, pattern=NO_NUL, description="Name of a target the service knows."
     )
     mode: Literal["online", "offline"] = "online"
-    name: Annotated[str, AfterValidator(_storable)] | None = Field(
-        None, pattern=NAME_PATTERN, description="Unique; default: the source folder's name, numbered."
-    )
-    last_backup: Annotated[str, AfterValidator(_storable)] | None = Field(
-        None,
-        min_length=1,
-        max_length=1024,
-        pattern=NO_NUL,
-        description="Offline only: stop after restoring this file.",
-    )
+    name: Name | None = Field(None, description="Unique; default: the source folder's name, numbered.")
+    last_backup: FileName | None = Field(None, description="Offline only: stop after restoring this file.")
 
     @model_validator(mode="after")
     def _last_backup_is_offline(self) -> MigrationIn:
@@ -142,6 +139,7 @@ class CutoverIn(BaseModel):
         {},
         max_length=MAX_CUTOVER,
         description="Per migration of `ids` (id or name): replay at least to this LSN before cutting over.",
+        json_schema_extra={"additionalProperties": False},  # keys are ids or names, nothing else
     )
 
 
