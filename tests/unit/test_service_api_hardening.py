@@ -5,6 +5,7 @@ queries for huge cutovers, and no secret in anything it returns. Real SQLite sto
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -275,3 +276,18 @@ def test_the_cli_shows_no_secret(server: Server) -> None:
         result = server.run(*args)
         assert result.exit_code == 0, result.output
         assert SECRET not in result.output and ("***" in result.output or args == ("list",))
+
+
+@pytest.mark.parametrize(("token", "status"), [(False, b"401"), (True, b"413")])
+def test_a_huge_upload_is_answered_before_it_is_sent(server: Server, token: bool, status: bytes) -> None:
+    """Over a real socket: the headers of a 100 MB POST, and not one byte of its body, get their answer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    auth = f"Authorization: Bearer {server.token}\r\n" if token else ""
+    head = (
+        "POST /api/v1/migrations HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/json\r\n"
+        f"{auth}Content-Length: {100 * 1024 * 1024}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = sock.recv(65536)
+    assert answer.split(b" ")[1] == status, answer[:200]
