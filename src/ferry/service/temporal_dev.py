@@ -133,6 +133,18 @@ class DevServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def server_pid(self) -> int | None:
+        """The dev server's own pid (the gate's child), for measurements; None when it is not running."""
+        if self.process is None:
+            return None
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
     async def start(self, timeout: float = 60.0) -> Client:
         """Start the gate and the server; return a client once it answers through the gate."""
         binary = find_binary()
