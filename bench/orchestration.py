@@ -342,7 +342,7 @@ async def pg_run(root: Path, made: list[tuple[Any, str]], verbose: bool) -> dict
         register(store, cfg)
         orch = TemporalOrchestrator(client, store)
         async with running([control_worker(client, store), *target_workers(client, store, cfg)]):
-            cpu = Cpu(dev.process.pid)
+            cpu = Cpu(dev.server_pid or dev.process.pid)
             created_at = time.time()
             c0 = time.perf_counter()
             reqs = [
@@ -605,7 +605,7 @@ async def part_noop(
             ),
         ]
         async with running(workers):
-            cpu = Cpu(dev.process.pid)
+            cpu = Cpu(dev.server_pid or dev.process.pid)
             c0 = time.perf_counter()
             reqs = [
                 MigrationRequest(f"/nonexistent/noop/db{i:04d}", "noop", mode, f"noop{i:04d}")
@@ -622,7 +622,7 @@ async def part_noop(
                     await wait_or_give_up(store, ids, State.READY_FOR_CUTOVER, deadline)
                 t_ready = time.perf_counter() - c0
                 cpu_ready, meter_ready = cpu.done(), meter.snap()
-                cpu2 = Cpu(dev.process.pid)
+                cpu2 = Cpu(dev.server_pid or dev.process.pid)
                 c1 = time.perf_counter()
                 if online:
                     await asyncio.gather(*(orch.cutover(i) for i in ids))

@@ -8,6 +8,8 @@ The data folder (default: FERRY_HOME, else ~/.local/share/ferry) holds:
 ```
 DATA/state.db            the state store (SQLite; `--store URL` for PostgreSQL), 0600
 DATA/api-token.hash      the API token's salted hash, 0600
+DATA/codec.key           the key that encrypts everything Ferry hands to Temporal, 0600
+DATA/tls/                the embedded Temporal gate's CA and certificates (0700, keys 0600)
 DATA/temporal.db         the embedded Temporal's SQLite file (workflows survive restarts), 0600
 DATA/temporal.pid        the embedded Temporal's pid and port while it runs
 DATA/log/temporal.log    its log
@@ -42,6 +44,7 @@ import uvicorn
 from ferry.core.errors import UsageError
 from ferry.engines.base import ReplaySettings
 from ferry.service.activities import TargetConfig
+from ferry.service.tls import TemporalTls
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     temporal: str | None = None  # HOST:PORT of an existing cluster; None: the embedded dev server
     temporal_port: int | None = None  # the embedded server's port (default: a free one)
+    temporal_tls: TemporalTls = field(default_factory=TemporalTls)  # towards an existing cluster
+    codec_key: Path | None = None  # default DATA/codec.key, made at the first start
     namespace: str = "default"
     targets: list[TargetConfig] = field(default_factory=list)  # served here (local agents)
     remote_targets: list[str] = field(default_factory=list)  # served by `ferry agent` elsewhere
@@ -146,6 +151,7 @@ class Service:
         from ferry.agent.worker import on_signals, prepare_root, register, running, target_workers
         from ferry.service.api import create_app
         from ferry.service.auth import TokenVerifier, ensure_token, reset_token, save_token
+        from ferry.service.codec import KEY_FILE, create_key, load_key
         from ferry.service.control import control_worker
         from ferry.service.orchestrator import TemporalOrchestrator
         from ferry.service.store import SqlStateStore
@@ -186,13 +192,19 @@ class Service:
                 self.say(f"API token (shown once; keep it, e.g. in FERRY_TOKEN): {token}")
                 if opts.save_token:
                     self.say(f"token saved in {save_token(token)}")
+            key = load_key(opts.codec_key) if opts.codec_key else create_key(opts.data / KEY_FILE)
             if opts.temporal:
                 self.address = opts.temporal
-                client = await connect(opts.temporal, opts.namespace)
+                client = await connect(opts.temporal, key, opts.namespace, tls=opts.temporal_tls)
             else:
-                dev = DevServer(opts.data, opts.temporal_port)
+                dev = DevServer(opts.data, opts.temporal_port, key=key)
                 client = await dev.start()
                 self.address = dev.address
+                if not dev.isolated:
+                    self.say(
+                        f"warning: the embedded Temporal's own ports are open to every local user "
+                        f"({dev.exposure}); what Ferry hands it stays encrypted and signed"
+                    )
             stop = stop or on_signals()
             workers = [control_worker(client, store)]
             if opts.local_agent:
@@ -206,9 +218,10 @@ class Service:
                 serving = asyncio.create_task(server.serve())
                 await _started(server, serving)
                 where = (
-                    f"embedded Temporal at {self.address} ({opts.data / 'temporal.db'})"
+                    f"embedded Temporal at {self.address} (TLS, client certificates in {opts.data / 'tls'}; "
+                    f"{opts.data / 'temporal.db'})"
                     if dev
-                    else f"Temporal at {self.address}"
+                    else f"Temporal at {self.address}" + (" (TLS)" if opts.temporal_tls.active else "")
                 )
                 local = ", ".join(f"{t.name} ({t.root}, {t.concurrency} restores)" for t in opts.targets)
                 self.say(f"Ferry API on http://{opts.host}:{opts.port} · {where}")
@@ -265,7 +278,7 @@ def default_data() -> Path:
 
 def serve(options: ServeOptions) -> None:
     """Run the service in the foreground until SIGINT/SIGTERM."""
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    from ferry.service.logs import configure
+
+    configure(logging.WARNING, sys.stderr)
     asyncio.run(Service(options).run())

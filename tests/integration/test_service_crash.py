@@ -44,10 +44,18 @@ def _client(port: int, token: str) -> object:
     )
 
 
-def start_agent(log: Path, targets: Path, tport: int, store: str, *extra: str) -> subprocess.Popen[bytes]:
-    """`ferry agent` of target "remote" in its own process, once it serves its queues."""
+def start_agent(
+    log: Path, targets: Path, data: Path, tport: int, store: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """`ferry agent` of target "remote" in its own process, once it serves its queues: it reaches the
+    embedded Temporal of `ferry serve --data DATA` with that folder's client certificate and codec key."""
     with open(log, "wb") as f:
-        args = ["agent", "--target", "remote", "--root", str(targets), "--temporal", f"127.0.0.1:{tport}"]
+        args = ["agent", "--target", "remote", "--root", str(targets), "--temporal", f"127.0.0.1:{tport}",
+                "--temporal-tls-ca", str(data / "tls" / "ca.pem"),
+                "--temporal-tls-cert", str(data / "tls" / "client.pem"),
+                "--temporal-tls-key", str(data / "tls" / "client.key"),
+                "--temporal-tls-server-name", "localhost",
+                "--codec-key", str(data / "codec.key")]  # fmt: skip
         proc = subprocess.Popen(
             [*ferry_command(), *args, "--store", store, *extra],
             stdout=f,
@@ -144,7 +152,7 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
     served = Served(data, port, tport, token, proc, out, api)
 
     def agent(log: Path) -> subprocess.Popen[bytes]:
-        return start_agent(log, targets, tport, str(data / "state.db"), "--concurrency", "2")
+        return start_agent(log, targets, data, tport, str(data / "state.db"), "--concurrency", "2")
 
     first = agent(root / "agent-1.log")
     second: subprocess.Popen[bytes] | None = None
@@ -274,7 +282,7 @@ def test_agent_killed_during_replay_resumes_on_a_new_agent(root: Path, state_pg:
     writer = RowWriter(src, pause=0.002)
 
     def agent(log: Path) -> subprocess.Popen[bytes]:
-        return start_agent(log, targets, tport, state_pg)
+        return start_agent(log, targets, data, tport, state_pg)
 
     first = agent(root / "agent-1.log")
     second: subprocess.Popen[bytes] | None = None

@@ -173,12 +173,22 @@ def wait_line(
     raise AssertionError(f"'{needle}' never appeared in {path}:\n{path.read_text(errors='replace')}")
 
 
+def temporal_client(served: Served) -> Any:
+    """A client of the embedded Temporal as Ferry's own processes make one: its gate's client
+    certificate and the codec key, both in the data folder."""
+    from ferry.service.codec import load_key
+    from ferry.service.temporal_dev import connect
+    from ferry.service.tls import GateFiles
+
+    tls = GateFiles(served.data / "tls").client
+    return connect(f"127.0.0.1:{served.temporal_port}", load_key(served.data / "codec.key"), tls=tls)
+
+
 def query_status(served: Served, migration_id: str) -> dict[str, Any]:
     """The workflow's `status` query, through Temporal itself."""
-    from temporalio.client import Client
 
     async def query() -> dict[str, Any]:
-        client = await Client.connect(f"127.0.0.1:{served.temporal_port}")
+        client = await temporal_client(served)
         return dict(await client.get_workflow_handle(migration_id).query("status"))
 
     return asyncio.run(query())
@@ -395,6 +405,60 @@ def test_a_hundred_migrations_start_in_seconds(served: Served) -> None:
     finished = time.monotonic() - started
     assert all("does not exist" in (r["error"] or "") for r in done)
     print(f"100 migrations created and started in {created:.2f} s, all Failed after {finished:.1f} s")
+
+
+def test_unusable_paths_fail_at_once_and_the_log_stays_one_line_each(served: Served) -> None:
+    """A 4,095-byte path component fails validate once, with the reason and no retry; a newline in a
+    source does not split serve's log; expected errors leave no traceback there (the hundred missing
+    sources above included)."""
+    long, forged = f"/n/{'x' * 4093}", "/nonexistent/a\nFORGED log line"
+    records = served.create(
+        [
+            {"source": long, "target": "local", "name": "too-long"},
+            {"source": forged, "target": "local", "name": "nl"},
+        ]
+    )
+    done = served.wait([r["id"] for r in records], {"Failed"}, timeout=60)
+    assert "File name too long" in (done[0]["error"] or ""), done[0]
+    failures = [e for e in served.events(records[0]["id"]) if e["kind"] == "error"]
+    assert len(failures) == 1 and "File name too long" in failures[0]["message"], failures
+    assert "hint:" in failures[0]["message"]
+    log = served.out.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert not any(line.startswith("FORGED") for line in log.splitlines())
+    assert sum("does not exist" in line for line in log.splitlines()) <= 110
+
+
+def test_a_newest_wal_file_that_is_no_segment_fails_validate_with_the_reason(
+    root: Path, served: Served
+) -> None:
+    """Offline, the store's newest file named like a segment is a FIFO, or 1 MiB of something else: the
+    migration does not wait in RestoringLogs for ever, it fails at validate, naming the file."""
+    sources = {"fifo": make_source(root / "bad-fifo"), "short": make_source(root / "bad-short")}
+    bad = {}
+    try:
+        for kind, src in sources.items():
+            src.stop()
+            last = sorted(p.name for p in (src.store / "wal").glob("0*") if len(p.name) == 24)[-1]
+            name = f"{last[:16]}{int(last[16:], 16) + 1:08X}"
+            if kind == "fifo":
+                os.mkfifo(src.store / "wal" / name)
+            else:
+                (src.store / "wal" / name).write_bytes(os.urandom(1 << 20))
+            bad[kind] = name
+        records = served.create(
+            [{"source": str(src.store), "target": "local", "name": f"bad-{kind}", "mode": "offline"}
+             for kind, src in sources.items()]
+        )  # fmt: skip
+        done = served.wait([r["id"] for r in records], {"Failed"}, timeout=90)
+        for record, kind in zip(done, sources, strict=True):
+            assert bad[kind] in (record["error"] or "") and "is not one" in (record["error"] or ""), record
+            states = [e["data"]["to"] for e in served.events(record["id"]) if e["kind"] == "state"]
+            assert "RestoringLogs" not in states
+    finally:
+        for src in sources.values():
+            if src.cluster.is_running():
+                src.stop()
 
 
 def test_serve_says_when_the_temporal_port_is_taken(root: Path) -> None:

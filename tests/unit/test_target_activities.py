@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 
 from ferry.engines.postgres import migration as pgm
-from ferry.service.activities import LocalReplays, ReplayStillRunning, _as_application_error
+from ferry.service.failures import as_application_error
+from ferry.service.replays import LocalReplays, ReplayStillRunning
 
 
 def _replay_thread(replays: LocalReplays, mid: str, hand: object | None, ran: list[str]) -> threading.Thread:
@@ -78,7 +79,7 @@ def test_a_replay_that_does_not_stop_is_a_retryable_error() -> None:
     release.set()
     thread.join(5)
     assert "mig-c" in caught.value.message and caught.value.hint
-    err: Any = _as_application_error(caught.value)
+    err: Any = as_application_error(caught.value)
     assert err.non_retryable is False
 
 

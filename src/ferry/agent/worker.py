@@ -29,7 +29,9 @@ from ferry.core.errors import UsageError
 from ferry.host import OsUser, run
 from ferry.service import workflow_io as io
 from ferry.service.activities import TargetActivities, TargetConfig
+from ferry.service.codec import CodecKey
 from ferry.service.contracts import StateStore
+from ferry.service.tls import TemporalTls
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +126,19 @@ async def run_agent(
     temporal: str,
     store: StateStore,
     *,
+    key: CodecKey,
+    tls: TemporalTls | None = None,
     namespace: str = "default",
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Serve `cfg`'s task queues until `stop` is set (or SIGINT/SIGTERM when not given)."""
+    """Serve `cfg`'s task queues until `stop` is set (or SIGINT/SIGTERM when not given). `key`: the
+    deployment's codec key (the one `ferry serve` made); `tls`: how to reach Temporal over TLS."""
     from ferry.service.temporal_dev import connect
 
     prepare_root(cfg)
     register(store, cfg)
-    client = await connect(temporal, namespace)
+    client = await connect(temporal, key, namespace, tls=tls)
     stop = stop or on_signals()
     async with running(target_workers(client, store, cfg)):
         log.info(

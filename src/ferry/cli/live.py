@@ -138,7 +138,7 @@ class _LinePrinter:
             parts.append(f"lag {render.size(status.lag_bytes)}")
         if status.blocked_reason:
             parts.append(f"BLOCKED: {status.blocked_reason}")
-        self.console.print(" · ".join(parts), highlight=False)
+        self.console.print(render.plain(" · ".join(parts)))
 
 
 def target_path(value: str) -> Path:

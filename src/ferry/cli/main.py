@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ferry import __version__
@@ -44,8 +45,23 @@ app = typer.Typer(
 )
 app.add_typer(migrations_app, name="migrations")
 app.command("script")(script_command)
-out = Console()
-err = Console(stderr=True)
+out = render.console()
+err = render.console(stderr=True)
+
+
+def os_error(exc: OSError, path: object = None) -> UsageError:
+    """What the file system said, on which path, and what to do about it."""
+    where = path if path is not None else (exc.filename or "a file")
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENAMETOOLONG:
+        hint = "a name in the path is longer than 255 bytes, or the whole path longer than 4096: check it"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        hint = "Ferry's user may not read it, or may not enter a folder above it: check their permissions"
+    elif exc.errno == errno.ELOOP:
+        hint = "the path goes through a loop of symbolic links: check them"
+    else:
+        hint = "check the path"
+    return UsageError(f"cannot read '{where}': {reason}", hint)
 
 
 def _fail(exc: FerryError, code: int) -> typer.Exit:
@@ -64,6 +80,8 @@ def _errors() -> Iterator[None]:
         raise _fail(exc, EXIT_INPUT) from None
     except FerryError as exc:
         raise _fail(exc, EXIT_FINDINGS) from None
+    except OSError as exc:  # the file system refused: not a bug in Ferry, and the user can act on it
+        raise _fail(os_error(exc), EXIT_INPUT) from None
     except Exception as exc:
         render.internal_error(err, exc)
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -106,7 +124,7 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int | None], N
 def _scan(location: str, quiet: bool) -> ScanResult:
     store, prefix = open_location(location)
     _check_store(store)
-    with _progress(f"Reading backup headers in {redact(location)}", quiet) as update:
+    with _progress(f"Reading backup headers in {escape(render.clean(location))}", quiet) as update:
         return scan(store, all_engines(), prefix, progress=update)
 
 
@@ -139,8 +157,9 @@ def inspect(
                 head = reader.read(0, 16)
                 engine = next((e for e in engines if e.sniff(head)), None)
                 if engine is None:
-                    err.print(f"[bold red]error:[/] '{shown}' is not a backup file Ferry knows", markup=True)
-                    err.print("[dim]hint: give SQL Server .bak/.trn files[/]")
+                    render.error(
+                        err, f"'{shown}' is not a backup file Ferry knows", "give SQL Server .bak/.trn files"
+                    )
                     failed = True
                     continue
                 try:
@@ -168,7 +187,11 @@ def _one_object(arg: str) -> tuple[Any, str, str]:
     loc = parse_location(arg)
     if loc.kind is StoreKind.LOCAL:
         path = Path(loc.path)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # an unreadable folder above it, a name too long
+            raise os_error(exc, path) from None
+        if not is_file:
             raise UsageError(f"'{path}' is not a file", "give paths of backup files")
         return LocalStore(path.parent), path.name, str(path)
     store, key = open_location(loc)
@@ -249,6 +272,35 @@ def plan(
         if has_errors(p.all_findings()):
             raise typer.Exit(EXIT_FINDINGS)
 
+
+# How `serve` (with --temporal) and `agent` reach Temporal, and the key of the payload codec.
+TlsCa = Annotated[
+    Path | None,
+    typer.Option("--temporal-tls-ca", help="CA certificate (PEM) of the Temporal server's certificate."),
+]
+TlsCert = Annotated[
+    Path | None, typer.Option("--temporal-tls-cert", help="Client certificate (PEM) for Temporal (mTLS).")
+]
+TlsKey = Annotated[
+    Path | None, typer.Option("--temporal-tls-key", help="The client certificate's key (PEM).")
+]
+TlsName = Annotated[
+    str | None,
+    typer.Option(
+        "--temporal-tls-server-name", help="Name the server's certificate must carry, if not its host."
+    ),
+]
+TlsOn = Annotated[
+    bool, typer.Option("--temporal-tls", help="Reach Temporal over TLS (implied by the other TLS options).")
+]
+CodecKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--codec-key",
+        help="The key that encrypts what Ferry hands Temporal: the file `ferry serve` made, DATA/codec.key "
+        "(the same for every process of a deployment).",
+    ),
+]
 
 # The replay settings `migrate`, `serve` and `agent` share (see MigrationSpec).
 BlockedAfter = Annotated[
@@ -448,14 +500,27 @@ def serve(
     ] = False,
     blocked_after: BlockedAfter = 60.0,
     ready_lag: ReadyLag = 2,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_name: TlsName = None,
+    tls_on: TlsOn = False,
+    codec_key: CodecKeyOpt = None,
 ) -> None:
     """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
     from ferry.engines.base import ReplaySettings
     from ferry.serve import ServeOptions, default_data, parse_target
     from ferry.serve import serve as run_service
     from ferry.service.activities import TargetConfig
+    from ferry.service.tls import TemporalTls
 
     with _errors():
+        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
+        if tls.active and not temporal:
+            raise UsageError(
+                "the --temporal-tls options are for a Temporal cluster given with --temporal",
+                "the embedded Temporal is reached over TLS with certificates Ferry makes in DATA/tls",
+            )
         folder = Path(os.path.abspath(data)) if data else default_data()
         parsed = [parse_target(t, folder, os_user) for t in target or []]
         options = ServeOptions(
@@ -473,6 +538,8 @@ def serve(
             save_token=save_token,
             os_user=os_user,
             replay=ReplaySettings(blocked_after, ready_lag),
+            temporal_tls=tls,
+            codec_key=Path(os.path.abspath(codec_key)) if codec_key else None,
         )
         with suppress(KeyboardInterrupt):
             run_service(options)
@@ -496,6 +563,12 @@ def agent(
     ] = None,
     blocked_after: BlockedAfter = 60.0,
     ready_lag: ReadyLag = 2,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_name: TlsName = None,
+    tls_on: TlsOn = False,
+    codec_key: CodecKeyOpt = None,
 ) -> None:
     """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
     import asyncio
@@ -504,7 +577,11 @@ def agent(
     from ferry.agent.worker import run_agent
     from ferry.engines.base import ReplaySettings
     from ferry.service.activities import TargetConfig
+    from ferry.service.auth import data_folder
+    from ferry.service.codec import KEY_FILE, load_key
+    from ferry.service.logs import configure
     from ferry.service.store import SqlStateStore
+    from ferry.service.tls import TemporalTls
 
     with _errors():
         if concurrency < 1:
@@ -516,14 +593,16 @@ def agent(
             os_user,
             replay=ReplaySettings(blocked_after, ready_lag),
         )
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        key = load_key(codec_key or data_folder() / KEY_FILE)
+        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
+        configure(logging.WARNING)
         state = SqlStateStore(store)
         err.print(
             f"agent of target {target}: {cfg.root}, {concurrency} restores at once; Temporal {temporal}"
         )
         try:
             with suppress(KeyboardInterrupt):
-                asyncio.run(run_agent(cfg, temporal, state, namespace=namespace))
+                asyncio.run(run_agent(cfg, temporal, state, key=key, tls=tls, namespace=namespace))
         finally:
             state.close()
 

@@ -10,17 +10,19 @@ unreachable or the input unusable (4xx); 3 a server error (5xx) or a bug here.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 import typer
-from rich.console import Console
 
 from ferry.cli import render
 from ferry.core.errors import FerryError, UsageError
 from ferry.core.migration import State
+from ferry.service.contracts import NAME_PATTERN
 
 if TYPE_CHECKING:
     import httpx
@@ -34,8 +36,8 @@ app = typer.Typer(
     help="Create, list, watch, cut over, cancel and retry migrations run by `ferry serve` (through its API).",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = render.console()
+err = render.console(stderr=True)
 
 ApiOpt = Annotated[
     str, typer.Option("--api", envvar="FERRY_API", help="URL of the Ferry API (`ferry serve`).")
@@ -65,6 +67,23 @@ class ApiFailure(FerryError):
 # -- talking to the API --------------------------------------------------------------------------------
 
 
+def ref(value: str) -> str:
+    """A migration's id or name as given on the command line: refused here when no migration can have it
+    (`victim1/cancel?` must not become another URL), so the service is never asked about it."""
+    if not re.match(NAME_PATTERN, value):
+        raise UsageError(
+            f"'{value}' is not a migration id or name",
+            "ids look like mig-k3xq7d2m4a; names are letters, digits, '.', '_' and '-'; "
+            "`ferry migrations list` shows them",
+        )
+    return value
+
+
+def path(*segments: str) -> str:
+    """An API path from its segments, each percent-encoded whole: a '/', '?' or '#' in one stays in it."""
+    return "".join("/" + quote(s, safe="") for s in segments)
+
+
 class Client:
     def __init__(self, api: str, token: str | None) -> None:
         import httpx
@@ -84,6 +103,10 @@ class Client:
 
         try:
             resp = self._http.request(method, path, json=body, params=params)
+        except httpx.InvalidURL as exc:
+            raise ApiFailure(
+                f"cannot call the Ferry API at {self.api}: {exc}", "check --api (FERRY_API)", EXIT_INPUT
+            ) from None
         except httpx.TimeoutException:
             raise ApiFailure(
                 f"the Ferry API at {self.api} did not answer within {TIMEOUT:.0f} s",
@@ -135,7 +158,7 @@ def _session(api: str, token: str | None) -> Iterator[Client]:
         render.error(err, exc.message, exc.hint)
         rejected = exc.details.get("rejected", []) if isinstance(exc.details, dict) else []
         for item in rejected[1:]:  # the first one is in the message
-            err.print(f"  also refused: {item.get('reason')}", highlight=False)
+            err.print(render.plain(f"  also refused: {item.get('reason')}"))
         raise typer.Exit(exc.exit_code) from None
     except UsageError as exc:
         render.error(err, exc.message, exc.hint)
@@ -260,7 +283,7 @@ def show(
 ) -> None:
     """A migration's status: files being and last restored, pending logs, lag, cutover estimate."""
     with _session(api, token) as client:
-        m = client.call("GET", f"/migrations/{migration}")["migration"]
+        m = client.call("GET", path("migrations", ref(migration)))["migration"]
         if not watch:
             if as_json:
                 render.emit_json({"migration": m})
@@ -275,7 +298,7 @@ def _watch(client: Client, m: dict[str, Any], as_json: bool, interval: float) ->
     """Poll until the migration is in a final state: a live panel, or one JSON line per change."""
 
     def fetch() -> dict[str, Any]:
-        return dict(client.call("GET", f"/migrations/{m['id']}")["migration"])
+        return dict(client.call("GET", path("migrations", m["id"]))["migration"])
 
     if as_json:
         render.emit_json({"migration": m}, lines=True)
@@ -311,7 +334,7 @@ def cutover(
 ) -> None:
     """Cut over migrations that are ReadyForCutover or RestoringLogs (one, many, or --all-ready)."""
     with _session(api, token) as client:
-        ids = list(migrations or [])
+        ids = [ref(m) for m in migrations or []]
         if all_ready == bool(ids):
             raise UsageError(
                 "give migration ids or --all-ready (one of them)",
@@ -340,15 +363,16 @@ def cancel(
 ) -> None:
     """Cancel a migration: restoring stops, the target database is left unrecovered, the source untouched."""
     with _session(api, token) as client:
-        answer = client.call("POST", f"/migrations/{migration}/cancel")
+        answer = client.call("POST", path("migrations", ref(migration), "cancel"))
         if as_json:
             render.emit_json(answer)
             return
         m = answer["migration"]
         out.print(
-            f"cancel requested for {m['name']} ({m['id']}); it moves to Canceled once its workflow "
-            "has stopped",
-            highlight=False,
+            render.plain(
+                f"cancel requested for {m['name']} ({m['id']}); it moves to Canceled once its workflow "
+                "has stopped"
+            )
         )
 
 
@@ -361,12 +385,12 @@ def retry(
 ) -> None:
     """Run a Failed migration again; restored steps are skipped, it goes on where it stopped."""
     with _session(api, token) as client:
-        answer = client.call("POST", f"/migrations/{migration}/retry")
+        answer = client.call("POST", path("migrations", ref(migration), "retry"))
         if as_json:
             render.emit_json(answer)
             return
         m = answer["migration"]
-        out.print(f"retrying {m['name']} ({m['id']}), attempt {m['attempt']}: {m['state']}", highlight=False)
+        out.print(render.plain(f"retrying {m['name']} ({m['id']}), attempt {m['attempt']}: {m['state']}"))
 
 
 @app.command()
@@ -386,8 +410,8 @@ def events(
         last = after
         while True:
             # The state first: a final state's event is written with it, so the fetch after sees it.
-            m = client.call("GET", f"/migrations/{migration}")["migration"] if follow else None
-            answer = client.call("GET", f"/migrations/{migration}/events", params={"after": last})
+            m = client.call("GET", path("migrations", ref(migration)))["migration"] if follow else None
+            answer = client.call("GET", path("migrations", ref(migration), "events"), params={"after": last})
             render.events(out, answer, as_json, lines=follow)
             last = answer["last_seq"]
             if m is None:

@@ -1,10 +1,17 @@
 """All of the CLI's output, in one place: tables for catalogs, plans, headers, findings and migrations, the
-live view's panels, errors with their hints, and JSON (which bypasses the rest). Commands stay thin: they
-call the layers and hand what they get to a function here."""
+live view's panels, errors with their hints, and JSON. Commands stay thin: they call the layers and hand
+what they get to a function here.
+
+What Ferry prints comes partly from others: file names from a backup folder, a source a user typed, a
+message a store or a server sent. All of it is shown through `clean` (secrets masked, control characters
+as visible escapes, so `\x1b[2J` in a file name cannot clear the terminal) and as plain Text, never as
+Rich markup (a `[/x]` in a name would be taken for a tag). The consoles from `console()` escape control
+characters in any string that reaches them all the same, and JSON output escapes them too."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from datetime import datetime
@@ -19,31 +26,58 @@ from ferry.core.catalog import Catalog
 from ferry.core.findings import Finding, Severity
 from ferry.core.migration import MigrationStatus
 from ferry.core.plan import Plan
-from ferry.stores.location import redact_text
+from ferry.core.redact import escape_controls, redact_text, redact_value
 
 if TYPE_CHECKING:
     from ferry.engines.postgres.migration import MigrationResult
 
 
+def clean(value: object) -> str:
+    """Text from elsewhere as the CLI shows it: secrets masked, control characters as escapes."""
+    return escape_controls(redact_text(str(value)))
+
+
+def plain(value: object, style: str = "") -> Text:
+    """`clean(value)` as a Text: shown as it is, never read as markup."""
+    return Text(clean(value), style=style)
+
+
+class SafeConsole(Console):
+    """A console that escapes control characters in every string it is given to render (Ferry's own
+    markup is kept): the last line of defence behind `clean`."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Text:
+        return super().render_str(escape_controls(text, keep_newlines=True), *args, **kwargs)
+
+
+def console(*, stderr: bool = False, **options: Any) -> Console:
+    return SafeConsole(stderr=stderr, **options)
+
+
 def error(console: Console, message: str, hint: str) -> None:
-    # Messages may quote a location or what a server said: never print a password, SAS or key. Not
-    # markup (a URL may hold brackets), not wrapped (a URL must stay one piece to be copied).
-    console.print(Text.assemble(("error:", "bold red"), " ", redact_text(message)), soft_wrap=True)
+    # Messages may quote a location or what a server said: never a password, SAS or key, nor a raw control
+    # character. Not wrapped: a URL must stay one piece to be copied.
+    console.print(Text.assemble(("error: ", "bold red"), clean(message)), soft_wrap=True)
     if hint:
-        console.print(Text(f"hint: {redact_text(hint)}", style="dim"), soft_wrap=True)
+        console.print(Text(f"hint: {clean(hint)}", style="dim"), soft_wrap=True)
 
 
 def internal_error(console: Console, exc: BaseException) -> None:
     console.print(
-        Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {redact_text(str(exc))}"),
-        soft_wrap=True,
+        Text.assemble(("internal error: ", "bold red"), clean(f"{type(exc).__name__}: {exc}")), soft_wrap=True
     )
     console.print("[dim]hint: this is a bug in Ferry; please report it with the command you ran[/]")
 
 
+_C1 = re.compile("[\x7f-\x9f]")  # json.dumps escapes C0 controls but not DEL and C1 (CSI is \x9b)
+
+
 def emit_json(value: Any, lines: bool = False) -> None:
-    """JSON on stdout: indented, or one object per line (`lines`, for streams of events)."""
+    """JSON on stdout: indented, or one object per line (`lines`, for streams of events). Secrets in its
+    strings are masked, and no control character reaches the terminal raw."""
+    value = redact_value(value)
     text = json.dumps(value, ensure_ascii=False) if lines else json.dumps(value, indent=2, ensure_ascii=False)
+    text = _C1.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
@@ -78,13 +112,13 @@ def findings(console: Console, items: Iterable[Finding], title: str = "Findings"
     for f in sorted(rows, key=lambda f: order[f.severity]):
         label = Text(f"{f.severity.value:<7} ", style=_SEVERITY_STYLE[f.severity])
         label.append(f"[{f.code}] ", style="dim")
-        label.append(f.message)
+        label.append(clean(f.message))
         console.print(label)
-        console.print(Text(f"        hint: {f.hint}", style="dim"))
+        console.print(Text(f"        hint: {clean(f.hint)}", style="dim"))
 
 
 def catalog(console: Console, cat: Catalog) -> None:
-    table = Table(title=f"Backups in {cat.source}", title_justify="left")
+    table = Table(title=plain(f"Backups in {cat.source}"), title_justify="left")
     table.add_column("Database", min_width=10, overflow="fold")
     table.add_column("Server", min_width=8, overflow="fold")
     for col in ("Full", "Diff", "Log"):
@@ -97,7 +131,14 @@ def catalog(console: Console, cat: Catalog) -> None:
         span = Text("no full backup", style="red")
         if db.restorable_from:
             span = Text(f"from {when(db.restorable_from)}\nto   {when(db.restorable_to)}")
-        table.add_row(db.name, db.server, str(counts["full"]), str(counts["diff"]), str(counts["log"]), span)
+        table.add_row(
+            plain(db.name),
+            plain(db.server),
+            str(counts["full"]),
+            str(counts["diff"]),
+            str(counts["log"]),
+            span,
+        )
     console.print(table)
     console.print(
         f"{len(cat.databases)} database(s) in {cat.files_scanned} file(s); "
@@ -109,8 +150,8 @@ def catalog(console: Console, cat: Catalog) -> None:
 def plan(console: Console, p: Plan) -> None:
     for db in p.databases:
         status = Text("ready", style="green") if db.executable else Text("blocked", style="bold red")
-        head = Text(db.name, style="bold")
-        head.append(f" on {db.server}  ")
+        head = plain(db.name, style="bold")
+        head.append(f" on {clean(db.server)}  ")
         head.append(status)
         if db.restores_to or db.restores_to_lsn:
             head.append(f"  restores to {when(db.restores_to) if db.restores_to else ''}")
@@ -124,10 +165,10 @@ def plan(console: Console, p: Plan) -> None:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for i, s in enumerate(db.steps, 1):
-            detail = Text("\n".join(s.files))
+            detail = Text("\n".join(clean(f) for f in s.files))
             detail.append(f"\nLSN {s.first_lsn} to {s.last_lsn}, finished {when(s.backup_finish)}", "dim")
             if s.stop_at:
-                detail.append(f"\nstop at {s.stop_at}", "bold yellow")
+                detail.append(f"\nstop at {clean(s.stop_at)}", "bold yellow")
             table.add_row(str(i), s.kind.value, detail)
         if db.steps:
             console.print(table)
@@ -158,7 +199,7 @@ def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Pane
     table.add_column(style="dim", no_wrap=True)
     table.add_column(overflow="fold")
     table.add_row("state", Text(status.state.value, style="bold"))
-    table.add_row("phase", status.phase)
+    table.add_row("phase", plain(status.phase))
     if status.bytes_total:
         pct = 100 * status.bytes_done / status.bytes_total if status.bytes_total else 0
         table.add_row("progress", f"{size(status.bytes_done)} of {size(status.bytes_total)} ({pct:.0f}%)")
@@ -166,9 +207,9 @@ def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Pane
         table.add_row("progress", size(status.bytes_done))
     table.add_row("throughput", rate(status.throughput))
     if status.current_file:
-        table.add_row("file", status.current_file)
-    table.add_row("source at", status.source_position or "-")
-    table.add_row("target at", status.target_position or "-")
+        table.add_row("file", plain(status.current_file))
+    table.add_row("source at", plain(status.source_position or "-"))
+    table.add_row("target at", plain(status.target_position or "-"))
     lag = "-"
     if status.lag_bytes is not None:
         lag = f"{size(status.lag_bytes)}, {duration(status.lag_seconds)}"
@@ -176,9 +217,9 @@ def migration_panel(title: str, status: MigrationStatus, hint: str = "") -> Pane
     table.add_row("pending", f"{status.pending_files} file(s), {size(status.pending_bytes)}")
     table.add_row("cutover would take", duration(status.cutover_estimate_seconds))
     if status.blocked_reason:
-        table.add_row("blocked", Text(status.blocked_reason, style="bold red"))
-    subtitle = Text(hint, style="dim") if hint else None
-    return Panel(table, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
+        table.add_row("blocked", plain(status.blocked_reason, style="bold red"))
+    subtitle = plain(hint, style="dim") if hint else None
+    return Panel(table, title=plain(title), title_align="left", subtitle=subtitle, subtitle_align="left")
 
 
 def migration_result(console: Console, result: MigrationResult) -> None:
@@ -186,14 +227,14 @@ def migration_result(console: Console, result: MigrationResult) -> None:
     table.add_column(style="dim")
     table.add_column()
     table.add_row("result", Text(result.state, style="bold green"))
-    table.add_row("target", f"{result.target} (port {result.port})")
-    table.add_row("connect", f"psql -h {result.target}/run -p {result.port} -U postgres")
+    table.add_row("target", plain(f"{result.target} (port {result.port})"))
+    table.add_row("connect", plain(f"psql -h {result.target}/run -p {result.port} -U postgres"))
     speed = result.restored_bytes / result.restore_seconds if result.restore_seconds else None
     table.add_row(
         "base backup", f"{size(result.restored_bytes)} in {duration(result.restore_seconds)} ({rate(speed)})"
     )
     table.add_row("WAL replayed", f"{size(result.replayed_bytes)} in {duration(result.replay_seconds)}")
-    table.add_row("final LSN", result.final_lsn or "end of the archive")
+    table.add_row("final LSN", plain(result.final_lsn or "end of the archive"))
     table.add_row("downtime", duration(result.downtime_seconds))
     console.print(table)
 
@@ -239,22 +280,22 @@ def inspect(out: Console, rows: list[dict[str, Any]]) -> None:
         "FamilyCount", "FamilySequenceNumber", "BackupSize", "BackupSetGUID", "HasMediaPassword",
     )  # fmt: skip
     for row in rows:
-        table = Table(title=row["path"], title_justify="left", show_header=False, box=None)
+        table = Table(title=plain(row["path"]), title_justify="left", show_header=False, box=None)
         table.add_column(style="dim")
         table.add_column()
         for k in keys:
-            table.add_row(k, "" if row.get(k) is None else str(row[k]))
+            table.add_row(k, plain("" if row.get(k) is None else row[k]))
         out.print(table)
         files = Table(show_edge=False, box=None, padding=(0, 2, 0, 2))
         for col in ("LogicalName", "Type", "FileGroupName", "Size", "PhysicalName"):
             files.add_column(col)
         for f in row["files"]:
             files.add_row(
-                f["LogicalName"],
-                f["Type"],
-                f["FileGroupName"] or "",
+                plain(f["LogicalName"]),
+                plain(f["Type"]),
+                plain(f["FileGroupName"] or ""),
                 size(f["Size"]),
-                f["PhysicalName"],
+                plain(f["PhysicalName"]),
             )
         out.print(files)
         out.print()
@@ -282,7 +323,7 @@ def state_text(state: str) -> Text:
         "ReadyForCutover": "bold cyan",
         "CuttingOver": "bold magenta",
     }.get(state, "")
-    return Text(state, style=style)
+    return plain(state, style=style)
 
 
 def lag(status: dict[str, Any], short: bool = False) -> str:
@@ -308,10 +349,10 @@ def migrations_table(items: list[dict[str, Any]]) -> Table:
         status = m.get("status") or {}
         pending = status.get("pending_files")
         table.add_row(
-            m["id"],
-            m["name"],
+            plain(m["id"]),
+            plain(m["name"]),
             state_text(m["state"]),
-            m["target"],
+            plain(m["target"]),
             "-" if pending is None else str(pending),
             lag(status, short=True),
             local_time(m.get("updated_at"), short=True),
@@ -335,18 +376,18 @@ def migration_detail(m: dict[str, Any]) -> RenderableType:
     kv.add_column(style="dim", no_wrap=True)
     kv.add_column(overflow="fold")
     kv.add_row("state", state_text(m["state"]))
-    kv.add_row("phase", status.get("phase") or "-")
-    kv.add_row("source", m["source"])
-    kv.add_row("target", f"{m['target']} ({m['mode']})")
+    kv.add_row("phase", plain(status.get("phase") or "-"))
+    kv.add_row("source", plain(m["source"]))
+    kv.add_row("target", plain(f"{m['target']} ({m['mode']})"))
     if m.get("last_backup"):
-        kv.add_row("last backup", m["last_backup"])
+        kv.add_row("last backup", plain(m["last_backup"]))
     if m.get("attempt", 1) > 1:
         kv.add_row("attempt", str(m["attempt"]))
     if m.get("error"):
-        kv.add_row("error", Text(m["error"], style="bold red"))
+        kv.add_row("error", plain(m["error"], style="bold red"))
     kv.add_row("full backup restored", full_restored(m))
-    kv.add_row("restoring", status.get("current_file") or "-")
-    kv.add_row("last restored", status.get("last_file") or "-")
+    kv.add_row("restoring", plain(status.get("current_file") or "-"))
+    kv.add_row("last restored", plain(status.get("last_file") or "-"))
     pending_size = size(status.get("pending_bytes") or 0)
     kv.add_row("pending", f"{status.get('pending_files') or 0} log backup(s), {pending_size}")
     if status.get("bytes_total"):
@@ -355,19 +396,21 @@ def migration_detail(m: dict[str, Any]) -> RenderableType:
     kv.add_row("throughput", rate(status.get("throughput")))
     kv.add_row(
         "positions",
-        f"source {status.get('source_position') or '-'}, target {status.get('target_position') or '-'}",
+        plain(
+            f"source {status.get('source_position') or '-'}, target {status.get('target_position') or '-'}"
+        ),
     )
     kv.add_row("lag", lag(status))
     kv.add_row("cutover would take", duration(status.get("cutover_estimate_seconds")))
     if status.get("blocked_reason"):
-        kv.add_row("blocked", Text(status["blocked_reason"], style="bold red"))
+        kv.add_row("blocked", plain(status["blocked_reason"], style="bold red"))
     kv.add_row("created", local_time(m.get("created_at")))
     kv.add_row("updated", local_time(m.get("updated_at")))
     parts: list[RenderableType] = [kv]
     sets = ((status.get("details") or {}).get("backup_sets")) or []
     if sets:
         parts.append(backup_sets(sets))
-    return Panel(Group(*parts), title=f"{m['name']} ({m['id']})", title_align="left")
+    return Panel(Group(*parts), title=plain(f"{m['name']} ({m['id']})"), title_align="left")
 
 
 def backup_sets(sets: list[dict[str, Any]]) -> Table:
@@ -386,11 +429,11 @@ def backup_sets(sets: list[dict[str, Any]]) -> Table:
         for i, f in enumerate(files):
             file_status = str(f.get("status") or "")
             table.add_row(
-                str(s.get("name", "")) if i == 0 else "",
-                str(s.get("kind", "")) if i == 0 else "",
-                str(f.get("name") or ""),
-                Text(file_status, style=style.get(file_status.lower(), "")),
-                str(f.get("reason") or ""),
+                plain(s.get("name", "")) if i == 0 else "",
+                plain(s.get("kind", "")) if i == 0 else "",
+                plain(f.get("name") or ""),
+                plain(file_status, style=style.get(file_status.lower(), "")),
+                plain(f.get("reason") or ""),
             )
     return table
 
@@ -398,15 +441,15 @@ def backup_sets(sets: list[dict[str, Any]]) -> Table:
 def event_line(e: dict[str, Any]) -> Text:
     style = {"state": "bold", "error": "bold red", "step": "", "info": "dim"}.get(e["kind"], "")
     line = Text(f"{e['seq']:>5}  {local_time(e['at'])}  ", style="dim")
-    line.append(f"{e['kind']:<5}  ", style=style)
-    line.append(e["message"], style=style)
+    line.append(f"{clean(e['kind']):<5}  ", style=style)
+    line.append(clean(e["message"]), style=style)
     data = e.get("data") or {}
     if data.get("seconds") is not None:
         line.append(f"  ({duration(float(data['seconds']))})", style="dim")
     if data.get("command"):
-        line.append(f"\n{'':>7}{data['command']}", style="cyan")
+        line.append(f"\n{'':>7}{clean(data['command'])}", style="cyan")
     if data.get("error") and e["kind"] != "error":
-        line.append(f"\n{'':>7}{data['error']}", style="red")
+        line.append(f"\n{'':>7}{clean(data['error'])}", style="red")
     return line
 
 
@@ -416,9 +459,13 @@ def cutover_answer(out: Console, answer: dict[str, Any], all_ready: bool) -> Non
         out.print("no migration is ReadyForCutover")
     for a in accepted:
         lsn = f", final LSN {a['final_lsn']}" if a.get("final_lsn") else ""
-        out.print(f"[green]cutover requested[/] {a['name']} ({a['id']}, {a['state']}{lsn})", highlight=False)
+        out.print(
+            Text.assemble(
+                ("cutover requested ", "green"), clean(f"{a['name']} ({a['id']}, {a['state']}{lsn})")
+            )
+        )
     for r in rejected:
-        out.print(f"[red]refused[/] {r['name']} ({r['id']}): {r['reason']}", highlight=False)
+        out.print(Text.assemble(("refused ", "red"), clean(f"{r['name']} ({r['id']}): {r['reason']}")))
     if accepted:
         out.print("each moves to CuttingOver, then Succeeded; follow with `ferry migrations show ID --watch`")
 

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from ferry.core.errors import FerryError
+    from ferry.core.redact import safe
     from ferry.engines.postgres import archive
 
     try:
@@ -41,10 +42,11 @@ def main(argv: list[str]) -> int:
         )
         return 0 if found else 1
     except FerryError as exc:
-        print(f"ferry {args.command}: error: {exc.message}", file=sys.stderr)
+        # PostgreSQL puts these lines in its log: no secret of the store's location, one line each.
+        print(f"ferry {args.command}: error: {safe(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"ferry {args.command}: hint: {exc.hint}", file=sys.stderr)
+            print(f"ferry {args.command}: hint: {safe(exc.hint)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"ferry {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ferry {args.command}: error: {safe(str(exc))}", file=sys.stderr)
         return 2

@@ -18,10 +18,12 @@ import multiprocessing
 import os
 import pickle
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID, SafeUUID
 
@@ -200,6 +202,17 @@ def _uuid(value: int) -> UUID:
 def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo) -> FileResult:
     """One object's backup sets, or the finding that says why it has none. Never raises for bad data."""
     out = FileResult(info)
+    special = _special_kind(store, info) if info.size == 0 else None
+    if special is not None:
+        # Never opened: opening a FIFO for reading waits for a writer that may never come.
+        out.finding = _finding(
+            "not-a-file",
+            Severity.WARNING,
+            f"'{info.key}' is {special}, not a file: Ferry does not read it",
+            "Ferry reads regular files only; move it out of the backup folder",
+            info.key,
+        )
+        return out
     if info.size == 0:
         out.finding = _finding(
             "empty-file",
@@ -251,6 +264,27 @@ def read_object(store: BackupStore, engines: Sequence[Engine], info: ObjectInfo)
         out.bytes_read = raw.bytes_read
         raw.close()
     return out
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_kind(store: BackupStore, info: ObjectInfo) -> str | None:
+    """What a listed object of no size is, when it is no file at all (a FIFO, a socket, a device). Only a
+    local folder holds such things; the store protocol has no file types, so its root is looked at."""
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path):
+        return None
+    try:
+        mode = os.stat(root.joinpath(*info.key.split("/"))).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), None)
 
 
 def _changed(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import CancelledError
 
 from ferry.core.errors import FerryError
 from ferry.core.migration import InvalidTransition, MigrationStatus, State
@@ -51,6 +51,8 @@ from ferry.engines.registry import migrator
 from ferry.pipeline.migrate import read_source
 from ferry.service import workflow_io as io
 from ferry.service.contracts import StateStore
+from ferry.service.failures import as_application_error, os_failure
+from ferry.service.replays import LocalReplays
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,6 @@ SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the sto
 # hundreds of idle online migrations must not flood Temporal (the cutover does not wait for a heartbeat).
 HEARTBEAT_EVERY = 2.0
 SCANS_AT_ONCE = 2  # validate steps reading a store at once, per worker
-REPLAY_STOP_WAIT = 120.0  # seconds the cutover waits for this worker's replay of the migration to stop
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
 
 
@@ -99,14 +100,6 @@ class TargetConfig:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _as_application_error(exc: BaseException) -> BaseException:
-    """Ferry's errors as ApplicationErrors the workflow reads: those no retry can fix are non-retryable
-    (FerryError.retryable)."""
-    if isinstance(exc, ApplicationError | CancelledError) or not isinstance(exc, FerryError):
-        return exc
-    return ApplicationError(exc.message, exc.hint, type=type(exc).__name__, non_retryable=not exc.retryable)
 
 
 class _Progress:
@@ -204,87 +197,6 @@ def _keepalive(every: float = 2.0) -> Iterator[None]:
         thread.join()
 
 
-class ReplayStillRunning(FerryError):
-    """The replay did not stop for the step that takes the target over: retried."""
-
-    def __init__(self, migration_id: str, timeout: float) -> None:
-        super().__init__(
-            f"the replay of {migration_id} did not stop within {timeout:.0f} s",
-            "the step is retried; if it keeps failing, look at the agent's log",
-        )
-
-
-class LocalReplays:
-    """The replays this worker runs, by migration id.
-
-    The cutover step stops its migration's replay here, in-process, instead of waiting for Temporal to
-    carry a cancel to it through a heartbeat: the cutover does not wait on the heartbeat interval, and
-    heartbeats can be rare (hundreds of migrations wait in ReadyForCutover, each with a replay running).
-    One agent serves a target, so the replay and the cutover of a migration run in the same worker."""
-
-    @dataclass
-    class _Run:
-        stop: threading.Event
-        done: threading.Event
-        handed: object | None = None  # what the replay hands the cutover (the engine keeps the rest)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runs: dict[str, LocalReplays._Run] = {}
-        self._taken: set[str] = set()
-
-    @contextlib.contextmanager
-    def run(self, migration_id: str) -> Iterator[threading.Event | None]:
-        """Register a replay; yields its stop event, or None when the migration's cutover is running (the
-        replay must not start then: the cutover has its own)."""
-        run = self._Run(threading.Event(), threading.Event())
-        with self._lock:
-            blocked = migration_id in self._taken
-            if not blocked:
-                earlier = self._runs.get(migration_id)
-                if earlier is not None:
-                    earlier.stop.set()  # a retry replaces an attempt Temporal gave up on
-                self._runs[migration_id] = run
-        if blocked:
-            yield None
-            return
-        try:
-            yield run.stop
-        finally:
-            with self._lock:
-                if self._runs.get(migration_id) is run:
-                    del self._runs[migration_id]
-            run.done.set()
-
-    def offer(self, migration_id: str, replay: object) -> bool:
-        """A replay stopped for the cutover offers what it runs to it; True if the cutover waits for it
-        (the engine then leaves it running for the cutover: Until.taking_over)."""
-        with self._lock:
-            run = self._runs.get(migration_id)
-            if run is None or migration_id not in self._taken or not run.stop.is_set():
-                return False
-            run.handed = replay
-            return True
-
-    @contextlib.contextmanager
-    def taking_over(self, migration_id: str, timeout: float = REPLAY_STOP_WAIT) -> Iterator[object | None]:
-        """For a step that takes the target over (the cutover; stop_target on cancel): stop the
-        migration's replay (if this worker runs one) and keep new ones from starting while the block runs.
-        Yields what the stopped replay handed over, else None."""
-        with self._lock:
-            self._taken.add(migration_id)
-            run = self._runs.get(migration_id)
-        try:
-            if run is not None:
-                run.stop.set()
-                if not run.done.wait(timeout):
-                    raise ReplayStillRunning(migration_id, timeout)
-            yield run.handed if run is not None else None
-        finally:
-            with self._lock:
-                self._taken.discard(migration_id)
-
-
 def _check_cancel() -> None:
     if activity.is_cancelled():
         raise CancelledError("canceled")
@@ -302,12 +214,15 @@ class ControlActivities:
         try:
             record = self.store.set_state(change.migration_id, state, change.status, change.error)
         except FerryError as exc:
-            raise _as_application_error(exc) from None
+            raise as_application_error(exc) from None
         return record.state.value
 
     @activity.defn(name=io.A_RECORD_EVENT)
     def record_event(self, event: io.EventInput) -> int:
-        return self.store.append_event(event.migration_id, event.kind, event.message, event.data).seq
+        try:
+            return self.store.append_event(event.migration_id, event.kind, event.message, event.data).seq
+        except FerryError as exc:  # no such migration (a forged workflow): retrying changes nothing
+            raise as_application_error(exc) from None
 
 
 class _Context:
@@ -397,11 +312,17 @@ class TargetActivities:
         except KeyError:
             raise UnknownTarget(name, sorted(self.targets)) from None
 
+    def _source(self, m: io.MigrationInput) -> str:
+        """The source as given, credentials included, from the state store: the workflow's input carries
+        it without them (orchestrator.workflow_input). Older workflows carry it whole."""
+        record = self.store.get(m.id)
+        return record.source if record is not None else m.source
+
     def _job(self, m: io.MigrationInput) -> MigrationJob:
         cfg = self._config(m.target)
         return MigrationJob(
             id=m.id,
-            source=m.source,
+            source=self._source(m),
             target=cfg.spec(),
             online=m.mode == "online",
             database=m.database,
@@ -453,25 +374,45 @@ class TargetActivities:
             except CancelledError:
                 raise
             except FerryError as exc:
-                hint = f" (hint: {exc.hint})" if exc.hint else ""
-                self._event(
-                    migration_id,
-                    "error",
-                    f"{step} failed: {exc.message}{hint}",
-                    step=step,
-                    attempt=activity.info().attempt,
-                    error=type(exc).__name__,
-                )
-                raise _as_application_error(exc) from None
+                self._failed(migration_id, step, exc)
+                raise as_application_error(exc) from None
+            except OSError as exc:
+                failure = os_failure(exc, migration_id)
+                if failure is None:
+                    self._unexpected(migration_id, step, exc)
+                    raise
+                self._failed(migration_id, step, failure)
+                raise as_application_error(failure) from None
             except Exception as exc:
-                self._event(
-                    migration_id,
-                    "error",
-                    f"{step} failed: {type(exc).__name__}: {exc}",
-                    step=step,
-                    attempt=activity.info().attempt,
-                )
+                self._unexpected(migration_id, step, exc)
                 raise
+
+    def _failed(self, migration_id: str, step: str, exc: FerryError) -> None:
+        """An expected error: one line in the log, an event with its hint."""
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        attempt = activity.info().attempt
+        retry = "retried" if exc.retryable else "not retried"
+        log.warning(
+            "%s of %s failed (attempt %d, %s): %s%s", step, migration_id, attempt, retry, exc.message, hint
+        )
+        self._event(
+            migration_id,
+            "error",
+            f"{step} failed: {exc.message}{hint}",
+            step=step,
+            attempt=attempt,
+            error=type(exc).__name__,
+        )
+
+    def _unexpected(self, migration_id: str, step: str, exc: BaseException) -> None:
+        # A bug, or something Ferry does not know yet: the SDK logs it with its traceback.
+        self._event(
+            migration_id,
+            "error",
+            f"{step} failed: {type(exc).__name__}: {exc}",
+            step=step,
+            attempt=activity.info().attempt,
+        )
 
     def _enter(self, inp: io.StepInput) -> None:
         """Record the state the workflow left to this step (StepInput.enter). Staying put is allowed (a
@@ -497,7 +438,7 @@ class TargetActivities:
             steps = self._migrator(m)
             job = self._job(m)
             with self._scans:
-                files = read_source(m.source, steps.engine)
+                files = read_source(job.source, steps.engine)
             sink = _Progress(self.store, m.id, State.VALIDATING)
             prepared, report = steps.prepare(job, files, self._context(m, sink, "validate"))
             self._step_event(m.id, "validate", report, started, t0)

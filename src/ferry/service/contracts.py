@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 from ferry.core.migration import State
 
 Mode = Literal["online", "offline"]
+# A migration's name, and what names one in a URL or a request: its id (`mig-` and 10 letters) or its name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,16 @@ class StateStore(Protocol):
     def find(self, state: State | None = None, target: str | None = None) -> list[MigrationRecord]: ...
 
     def set_state(
-        self, migration_id: str, state: State, status: dict[str, Any] | None = None, error: str | None = None
+        self,
+        migration_id: str,
+        state: State,
+        status: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        expected: State | None = None,
     ) -> MigrationRecord:
-        """Moves along core.migration.TRANSITIONS only; records a "state" event for every change."""
+        """Moves along core.migration.TRANSITIONS only; records a "state" event for every change.
+        `expected`: move only from that state (a compare-and-set; an InvalidTransition otherwise)."""
         ...
 
     def set_status(self, migration_id: str, status: dict[str, Any]) -> None:
@@ -112,8 +121,12 @@ class Orchestrator(Protocol):
 
     async def start(self, records: list[MigrationRecord]) -> None: ...
 
-    async def cutover(self, migration_id: str, final_lsn: str | None = None) -> None: ...
+    async def cutover(
+        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+    ) -> None:
+        """`attempt`: the run the request is for (the record's attempt); looked up when not given."""
+        ...
 
-    async def cancel(self, migration_id: str) -> None: ...
+    async def cancel(self, migration_id: str, attempt: int | None = None) -> None: ...
 
     async def retry(self, migration_id: str) -> None: ...

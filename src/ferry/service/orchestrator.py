@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
@@ -22,6 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ferry.core.errors import FerryError
 from ferry.core.migration import State
+from ferry.core.redact import redact_location
 from ferry.service import workflow_io as io
 from ferry.service.contracts import MigrationRecord, StateStore
 from ferry.service.workflows import MigrationWorkflow
@@ -37,9 +39,12 @@ class OrchestratorError(FerryError):
 
 
 def workflow_input(record: MigrationRecord) -> io.MigrationInput:
+    """What the workflow starts with. The source goes without its secrets: the steps read the whole of it
+    from the state store (activities.py), so a credential never sits in Temporal's history, encrypted
+    or not."""
     return io.MigrationInput(
         id=record.id,
-        source=record.source,
+        source=redact_location(record.source),
         target=record.target,
         mode=record.mode,
         last_backup=record.last_backup,
@@ -86,13 +91,28 @@ class TemporalOrchestrator:
                     raise
                 await asyncio.sleep(0.2 * attempt)
 
-    async def cutover(self, migration_id: str, final_lsn: str | None = None) -> None:
-        # The time of the request travels with it: the downtime is measured from here.
-        signal = io.CutoverSignal(time.time(), final_lsn)
+    async def cutover(
+        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+    ) -> None:
+        # The time of the request travels with it: the downtime is measured from here. The attempt binds
+        # it to the run it is for, the name to the signal (workflows.py refuses anything else).
+        attempt = attempt or await self._attempt(migration_id)
+        signal = io.CutoverSignal(time.time(), final_lsn, attempt=attempt, signal=io.S_CUTOVER)
         await self.handle(migration_id).signal(MigrationWorkflow.cutover, signal)
 
-    async def cancel(self, migration_id: str) -> None:
-        await self.handle(migration_id).signal(MigrationWorkflow.cancel)
+    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
+        attempt = attempt or await self._attempt(migration_id)
+        await self.handle(migration_id).signal(
+            MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt)
+        )
+
+    async def _attempt(self, migration_id: str) -> int:
+        record = await to_thread.run_sync(self.store.get, migration_id)
+        if record is None:
+            raise OrchestratorError(
+                f"no migration '{migration_id}'", "list them with `ferry migrations list`"
+            )
+        return record.attempt
 
     async def retry(self, migration_id: str) -> None:
         """A new run for a Failed migration (the API moves it to Queued first; this does it when not)."""
@@ -102,7 +122,10 @@ class TemporalOrchestrator:
                 f"no migration '{migration_id}'", "list them with `ferry migrations list`"
             )
         if record.state is State.FAILED:
-            record = await to_thread.run_sync(self.store.set_state, migration_id, State.QUEUED)
+            # Compare-and-set: of two retries at once, the second finds Queued and starts nothing.
+            record = await to_thread.run_sync(
+                partial(self.store.set_state, migration_id, State.QUEUED, expected=State.FAILED)
+            )
         if record.state is not State.QUEUED:
             raise OrchestratorError(
                 f"migration '{migration_id}' is {record.state.value}: only a Failed one is retried",

@@ -23,30 +23,38 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from ferry.core.errors import FerryError, UsageError
-from ferry.core.migration import State, transition
-from ferry.service.auth import data_folder
-from ferry.service.contracts import Event, MigrationRecord, MigrationRequest, Mode
+from ferry.core.errors import FerryError
+from ferry.core.migration import InvalidTransition, State, transition
+from ferry.core.redact import redact_location, redact_text, redact_value
+from ferry.service.contracts import NAME_PATTERN, Event, MigrationRecord, MigrationRequest, Mode
+from ferry.service.store_db import (
+    default_url,
+    events,
+    metadata,
+    migrations,
+    open_engines,
+    resolve_url,
+    snapshots,
+    targets,
+    upgrade_schema,
+)
+
+__all__ = ["SqlStateStore", "StateStoreError", "default_url", "metadata", "resolve_url", "upgrade_schema"]
 
 if TYPE_CHECKING:
     from ferry.service.contracts import StateStore
 
 ID_PREFIX = "mig-"
 ID_RE = re.compile(r"^mig-[a-z2-7]{10}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(NAME_PATTERN)
 MODES: tuple[Mode, ...] = ("online", "offline")
 EVENT_KINDS = frozenset({"step", "info", "error"})  # "state" events come from set_state only
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-_PG_UPGRADE_LOCK = 0x46455252  # "FERR": serializes schema upgrades of servers starting together
 
 
 class StateStoreError(FerryError):
@@ -61,6 +69,19 @@ class UnknownMigration(FerryError, LookupError):
         self.migration_id = migration_id
 
 
+class StateConflict(InvalidTransition):
+    """A compare-and-set of a migration's state that found another state: someone else moved it first."""
+
+    def __init__(self, migration_id: str, current: State, expected: State, wanted: State) -> None:
+        super().__init__(current, wanted)
+        self.message = (
+            f"migration '{migration_id}' is {current.value}, not {expected.value}: it was not moved to "
+            f"{wanted.value}"
+        )
+        self.hint = "another request moved it first; look at its state and events"
+        self.migration_id, self.current, self.expected = migration_id, current, expected
+
+
 class BatchRejected(FerryError, ValueError):
     """A create request the store refuses as a whole. `code` says why, for the API's error shape."""
 
@@ -68,184 +89,6 @@ class BatchRejected(FerryError, ValueError):
         super().__init__(message, hint)
         self.code = code
         self.details = details
-
-
-# -- schema -----------------------------------------------------------------------------------------
-
-
-class UtcDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out: SQLite keeps no zone, PostgreSQL answers in the session's zone."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the state store; use datetime.now(UTC)")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# Kept in step with alembic/versions/*.py by tests/unit/test_service_store.py (autogenerate finds no diff).
-metadata = sa.MetaData()
-
-migrations = sa.Table(
-    "migrations",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("target", sa.String(128), nullable=False),
-    sa.Column("mode", sa.String(16), nullable=False),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("last_backup", sa.Text, nullable=True),
-    sa.Column("status", sa.JSON, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.Column("last_seq", sa.Integer, nullable=False),  # the newest event's seq: one counter per migration
-    sa.UniqueConstraint("name", name="uq_migrations_name"),
-    sa.Index("ix_migrations_state", "state"),
-    sa.Index("ix_migrations_target", "target"),
-)
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column(
-        "migration_id",
-        sa.String(32),
-        sa.ForeignKey("migrations.id", name="fk_events_migration"),
-        primary_key=True,
-    ),
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("at", UtcDateTime, nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("data", sa.JSON, nullable=False),
-)
-
-snapshots = sa.Table(
-    "snapshots",
-    metadata,
-    sa.Column(
-        "migration_id",
-        sa.String(32),
-        sa.ForeignKey("migrations.id", name="fk_snapshots_migration"),
-        primary_key=True,
-    ),
-    sa.Column("kind", sa.String(32), primary_key=True),
-    sa.Column("data", sa.JSON, nullable=False),
-    sa.Column("saved_at", UtcDateTime, nullable=False),
-)
-
-targets = sa.Table(
-    "targets",
-    metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("data", sa.JSON, nullable=False),
-    sa.Column("updated_at", UtcDateTime, nullable=False),
-)
-
-
-# -- opening ----------------------------------------------------------------------------------------
-
-
-def default_url() -> str:
-    return f"sqlite:///{data_folder() / 'state.db'}"
-
-
-def resolve_url(url: str | None) -> str:
-    """A SQLAlchemy URL from what a user writes: nothing (the default file), a path, or a URL."""
-    if not url:
-        return default_url()
-    if "://" not in url:
-        return f"sqlite:///{Path(url).expanduser().resolve()}"
-    scheme, rest = url.split("://", 1)
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"  # psycopg 3 is what Ferry ships with
-    if scheme.startswith("sqlite") and rest in ("", "/", "/:memory:"):
-        raise UsageError(
-            "an in-memory SQLite state store cannot be shared by the API and the workers",
-            "give a file path (or nothing, for the file in Ferry's data folder)",
-        )
-    return url
-
-
-def _alembic_dir() -> Path:
-    return Path(str(resources.files("ferry.service").joinpath("alembic")))
-
-
-def _sqlite_engine(url: sa.URL, *, writer: bool) -> Engine:
-    if url.database:
-        # 0700: the store holds source URLs, which may carry credentials.
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    engine = sa.create_engine(
-        url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        pool_size=1 if writer else 8,
-        max_overflow=0 if writer else 24,
-        pool_timeout=120,
-    )
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-
-    @sa_event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite driver would defer it).
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL mode
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @sa_event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
-
-    return engine
-
-
-def _open_engines(url_text: str) -> tuple[Engine, Engine]:
-    """(writer, reader): two engines on SQLite (see the module's docstring), one shared on PostgreSQL."""
-    try:
-        url = sa.make_url(url_text)
-    except sa.exc.ArgumentError:
-        raise UsageError(
-            f"'{url_text}' is not a database URL",
-            "give a file path, sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
-        ) from None
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, writer=True), _sqlite_engine(url, writer=False)
-    if url.get_backend_name() != "postgresql":
-        raise UsageError(
-            f"state store URL '{url.render_as_string(hide_password=True)}' is neither SQLite nor PostgreSQL",
-            "give a file path, sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
-        )
-    engine = sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
-    return engine, engine
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """`alembic upgrade head` in one transaction that other starting servers wait for."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_alembic_dir()))
-    with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: one upgrader at a time
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_UPGRADE_LOCK})
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -261,7 +104,9 @@ def new_id() -> str:
 
 
 def base_name(source: str) -> str:
-    """A default name from the source folder's last component: `s3://b/pg/db1/` gives `db1`."""
+    """A default name from the source folder's last component: `s3://b/pg/db1/` gives `db1`. Taken from
+    the redacted source: a source with no path after its host must not lend its password to the name."""
+    source = redact_location(source)
     path = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", source.split("?", 1)[0].split("#", 1)[0])
     last = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:100]
@@ -337,7 +182,7 @@ class SqlStateStore:
 
     def __init__(self, url: str | None = None, targets: Iterable[str] = ()) -> None:
         self.url = resolve_url(url)
-        self._writer, self._reader = _open_engines(self.url)
+        self._writer, self._reader = open_engines(self.url)
         try:
             upgrade_schema(self._writer)
         except sa.exc.OperationalError as exc:
@@ -484,6 +329,18 @@ class SqlStateStore:
             row = conn.execute(sa.select(migrations).where(migrations.c.id == migration_id)).one_or_none()
             return _record(row) if row is not None else None
 
+    def find_refs(self, refs: list[str]) -> dict[str, MigrationRecord]:
+        """The migrations `refs` name (each an id or a name), in one query: {ref: record} for each ref
+        that names one. An id wins over a name that happens to look the same."""
+        if not refs:
+            return {}
+        query = sa.select(migrations).where(migrations.c.id.in_(refs) | migrations.c.name.in_(refs))
+        with self._read() as conn:
+            records = [_record(row) for row in conn.execute(query)]
+        by_id = {r.id: r for r in records}
+        by_name = {r.name: r for r in records}
+        return {ref: r for ref in refs if (r := by_id.get(ref) or by_name.get(ref)) is not None}
+
     def get_by_name(self, name: str) -> MigrationRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(migrations).where(migrations.c.name == name)).one_or_none()
@@ -499,19 +356,34 @@ class SqlStateStore:
             return [_record(row) for row in conn.execute(query)]
 
     def set_state(
-        self, migration_id: str, state: State, status: dict[str, Any] | None = None, error: str | None = None
+        self,
+        migration_id: str,
+        state: State,
+        status: dict[str, Any] | None = None,
+        error: str | None = None,
+        *,
+        expected: State | None = None,
     ) -> MigrationRecord:
         """Moves along TRANSITIONS only (InvalidTransition otherwise) and records a "state" event for a
         change, in the same transaction. Failed to Queued is a retry: the attempt counts up, the error
-        is cleared (it stays in the event log)."""
+        is cleared (it stays in the event log). `expected`: a compare-and-set, the move is made only from
+        that state (StateConflict otherwise), so of two callers racing for one move exactly one makes it.
+
+        Secrets in `status` and `error` (a source's password in an error message) are masked on the way
+        in: the store keeps a source as given, and nothing else."""
         if status is not None:
             _check_json(status, f"status of migration '{migration_id}'")
+            status = redact_value(status)
+        if error is not None:
+            error = redact_text(error)
         with self._write() as conn:
             query = sa.select(migrations.c.state).where(migrations.c.id == migration_id).with_for_update()
             current_text = conn.scalar(query)
             if current_text is None:
                 raise UnknownMigration(migration_id)
             current = State(current_text)
+            if expected is not None and current is not expected:
+                raise StateConflict(migration_id, current, expected, state)
             transition(current, state)
             values: dict[str, Any] = {"updated_at": _now()}
             if status is not None:
@@ -534,6 +406,7 @@ class SqlStateStore:
 
     def set_status(self, migration_id: str, status: dict[str, Any]) -> None:
         _check_json(status, f"status of migration '{migration_id}'")
+        status = redact_value(status)
         with self._write() as conn:
             update = sa.update(migrations).where(migrations.c.id == migration_id)
             done = conn.execute(update.values(status=status, updated_at=_now()))
@@ -553,6 +426,15 @@ class SqlStateStore:
         with self._write() as conn:
             return self._append(conn, migration_id, kind, message, data or {})
 
+    def append_events(self, items: Sequence[tuple[str, str, str, dict[str, Any]]]) -> list[Event]:
+        """Many events (migration id, kind, message, data) in one transaction: a cutover of thousands."""
+        for _, kind, _, data in items:
+            if kind not in EVENT_KINDS:
+                raise ValueError(f"event kind '{kind}' is not one of {', '.join(sorted(EVENT_KINDS))}")
+            _check_json(data, f"data of a '{kind}' event")
+        with self._write() as conn:
+            return [self._append(conn, mid, kind, message, data) for mid, kind, message, data in items]
+
     def _append(self, conn: Connection, migration_id: str, kind: str, message: str,
                 data: dict[str, Any]) -> Event:  # fmt: skip
         # The counter lives on the migration's row: the row lock orders this log's appends, and only it.
@@ -565,6 +447,7 @@ class SqlStateStore:
         seq = conn.scalar(bump)
         if seq is None:
             raise UnknownMigration(migration_id)
+        message, data = redact_text(message), redact_value(data)
         at = _now()
         conn.execute(
             sa.insert(events).values(

@@ -4,6 +4,10 @@ Stdlib only (the workflow imports it and must stay deterministic): task queue na
 and small JSON-friendly dataclasses. Changing a field here changes what running workflows replay: add
 fields with defaults, never rename or remove one while workflows of the old shape may still run.
 
+What comes in through Temporal is read with `parse` (not the SDK's converter): anything that is not
+exactly a value Ferry made (a payload the codec refused, a forged signal, a cutover request of an earlier
+run) is turned into a reason to refuse it, never into an exception that would fail the workflow's task.
+
 Task queues:
 
 - `ferry-control`: the workflows themselves and the (local) activities that record state changes and
@@ -18,8 +22,10 @@ Task queues:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CONTROL_QUEUE = "ferry-control"
 WORKFLOW_NAME = "ferry.migration"
@@ -70,6 +76,17 @@ class MigrationInput:
 class CutoverSignal:
     requested_at: float  # time.time() when the cutover was asked for: downtime is measured from here
     final_lsn: str | None = None
+    # The run it is for (the migration's attempt): a copy of an earlier run's request is refused.
+    attempt: int | None = None
+    # What it is ("cutover"): another signal's payload sent under this name is refused.
+    signal: str | None = None
+
+
+@dataclass
+class CancelSignal:
+    requested_at: float
+    attempt: int | None = None
+    signal: str = S_CANCEL
 
 
 @dataclass
@@ -183,3 +200,45 @@ class CutoverInput:
     restore_seconds: float = 0.0
     replay_started_at: float | None = None
     replay_started_lsn: int | None = None
+
+
+# Types each field of a parsed value may have, by the field's annotation (dataclass annotations are
+# strings here: `from __future__ import annotations`).
+_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+    "dict[str, Any]": (dict,),
+    "dict[str, Any] | None": (dict, type(None)),
+}
+
+
+def parse(cls: type[T], raw: Any) -> T | str:
+    """`raw` (a decoded JSON value) as a `cls`, or why it is not one: not an object, a field missing, one
+    too many, or of the wrong type. Flat dataclasses of this module only."""
+    if isinstance(raw, dict) and set(raw) == {"ferry_refused"}:
+        return f"its payload was refused: {raw['ferry_refused']}"
+    if not isinstance(raw, dict):
+        return f"it carries {type(raw).__name__}, not Ferry's {cls.__name__}"
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    extra = sorted(set(raw) - set(known))
+    if extra:
+        return f"it has fields Ferry's {cls.__name__} does not: {', '.join(extra)[:200]}"
+    for name, f in known.items():
+        if name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                return f"it lacks the field '{name}'"
+            continue
+        accepted = _ACCEPTS.get(str(f.type))
+        value = raw[name]
+        if (
+            accepted is None
+            or not isinstance(value, accepted)
+            or (isinstance(value, bool) and bool not in accepted)
+        ):
+            return f"its field '{name}' is not a {f.type}"
+    return cls(**raw)

@@ -15,8 +15,16 @@ While an online migration replays, its replay activity moves
 it between RestoringLogs and ReadyForCutover in the store itself and tells the workflow with a `progress`
 signal (for the `status` query).
 
-Signals: `cutover` (CutoverSignal: when it was asked for, optional final LSN), `cancel`. Query: `status`.
-A cancel is honoured until the cutover starts; a cutover cannot be stopped half way. On `cutover` the
+Signals: `cutover` (CutoverSignal: when it was asked for, optional final LSN), `cancel` (CancelSignal),
+`progress`. Query: `status`. A cancel is honoured until the cutover starts; a cutover cannot be stopped
+half way.
+
+Whoever reaches Temporal can send a workflow a signal, so the workflow acts only on what Ferry sent: every
+payload is encrypted and authenticated by Ferry's codec (codec.py), and the handlers take their input raw
+and check it (workflow_io.parse): a payload the codec refused, a value of another shape, a request made
+for an earlier run (its `attempt`) or a signal Ferry does not send are refused, recorded as an `error`
+event of the migration, and change nothing. A workflow started with an input Ferry did not make ends at
+once, the same way. On `cutover` the
 workflow starts the cutover activity at once; that activity stops the replay on its agent in-process
 (activities.LocalReplays), so the downtime never waits for a heartbeat to carry a cancel.
 
@@ -30,11 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -70,6 +79,9 @@ REPLAY_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 CUTOVER_RETRY = RESTORE_RETRY
+# Refused signals recorded as events, per run: a flood of forgeries must not grow the history without end
+# (the `status` query counts them all).
+REFUSALS_RECORDED = 20
 STOP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5
 )
@@ -96,33 +108,56 @@ def failure_message(err: BaseException) -> str:
 
 @workflow.defn(name=io.WORKFLOW_NAME, sandboxed=False)
 class MigrationWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, raw: Any = None) -> None:
         self._state = "Queued"
         self._status: dict[str, Any] = {}
         self._error: str | None = None
         self._result: dict[str, Any] | None = None
-        self._attempt = 1
+        # The input first (signals may come in the same activation as the start, before the run).
+        parsed = io.parse(io.MigrationInput, raw)
+        self._input = parsed if isinstance(parsed, io.MigrationInput) else None
+        self._input_refusal = parsed if isinstance(parsed, str) else None
+        self._attempt = self._input.attempt if self._input is not None else 0
         self._cutover: io.CutoverSignal | None = None
         self._cancel = False
         self._cutting = False
+        self._refused = 0
 
     # -- signals and queries ------------------------------------------------------------------------
 
     @workflow.signal(name=io.S_CUTOVER)
-    def cutover(self, signal: io.CutoverSignal) -> None:
-        if self._cutover is None:
-            self._cutover = signal
+    async def cutover(self, raw: Any = None) -> None:
+        request = io.parse(io.CutoverSignal, raw)
+        if isinstance(request, io.CutoverSignal):
+            request = self._for_this_run(request, request.attempt, request.signal, io.S_CUTOVER)
+        if isinstance(request, str):
+            await self._refuse(f"a '{io.S_CUTOVER}' signal", request)
+        elif self._cutover is None:
+            self._cutover = request
 
     @workflow.signal(name=io.S_CANCEL)
-    def cancel(self) -> None:
-        if not self._cutting:  # a cutover that started is not stopped half way
+    async def cancel(self, raw: Any = None) -> None:
+        request = io.parse(io.CancelSignal, raw) if raw is not None else "it carries no request"
+        if isinstance(request, io.CancelSignal):
+            request = self._for_this_run(request, request.attempt, request.signal, io.S_CANCEL)
+        if isinstance(request, str):
+            await self._refuse(f"a '{io.S_CANCEL}' signal", request)
+        elif not self._cutting:  # a cutover that started is not stopped half way
             self._cancel = True
 
     @workflow.signal(name=io.S_PROGRESS)
-    def progress(self, signal: io.ProgressSignal) -> None:
-        if not self._cutting and self._state in ("RestoringLogs", "ReadyForCutover"):
+    async def progress(self, raw: Any = None) -> None:
+        signal = io.parse(io.ProgressSignal, raw)
+        if isinstance(signal, str):
+            await self._refuse(f"a '{io.S_PROGRESS}' signal", signal)
+        elif not self._cutting and self._state in ("RestoringLogs", "ReadyForCutover"):
             self._state = signal.state
             self._status = signal.status
+
+    @workflow.signal(dynamic=True)
+    async def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        await self._refuse(f"a '{name[:100]}' signal", "Ferry's workflow takes no such signal")
 
     @workflow.query(name=io.Q_STATUS)
     def status(self) -> dict[str, Any]:
@@ -134,13 +169,42 @@ class MigrationWorkflow:
             "result": self._result,
             "cutover_requested": self._cutover is not None,
             "cancel_requested": self._cancel,
+            "signals_refused": self._refused,
         }
+
+    def _for_this_run(self, request: T, attempt: int | None, kind: str | None, expected: str) -> T | str:
+        if kind != expected:
+            return f"it is a '{kind}' request, not a '{expected}' one"
+        if attempt != self._attempt:
+            return f"it was made for attempt {attempt}, and this is attempt {self._attempt}"
+        return request
+
+    async def _refuse(self, what: str, reason: str) -> None:
+        """Record a signal (or a start) that Ferry did not send, or not for this run; nothing else changes."""
+        self._refused += 1
+        if self._refused > REFUSALS_RECORDED:
+            return
+        message = f"refused {what}: {reason}"
+        workflow.logger.warning("migration %s %s", workflow.info().workflow_id, message)
+        with contextlib.suppress(ActivityError):  # a workflow id that is no migration's: nothing to record
+            await workflow.execute_local_activity(
+                io.A_RECORD_EVENT,
+                io.EventInput(
+                    workflow.info().workflow_id, "error", message, {"refused": what, "reason": reason}
+                ),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=RECORD_RETRY,
+            )
 
     # -- the run ------------------------------------------------------------------------------------
 
     @workflow.run
-    async def run(self, inp: io.MigrationInput) -> dict[str, Any]:
-        self._attempt = inp.attempt
+    async def run(self, raw: Any = None) -> dict[str, Any]:
+        inp = self._input
+        if inp is None or inp.id != workflow.info().workflow_id:
+            # Not started by Ferry: acting on it could restore or promote a target nobody asked for.
+            await self._refuse("a workflow start", self._input_refusal or "its input names another migration")
+            return {"refused": self._input_refusal or "input of another migration"}
         try:
             self._result = await self._walk(inp)
             return self.status()

@@ -23,8 +23,9 @@ from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from ferry.core.errors import UsageError
+from ferry.core.redact import MASK, redact_location, redact_text
 
-MASK = "***"
+__all__ = ["MASK", "Location", "StoreKind", "parse_location", "redact", "redact_text"]
 
 
 class StoreKind(StrEnum):
@@ -237,28 +238,11 @@ def _clean_path(path: str, shown: str) -> str:
 
 # -- redaction ------------------------------------------------------------------------------------
 
+
 # Query and key=value names whose values are secrets: SAS signatures, tokens, passwords, account keys.
-_SECRET_NAMES = (
-    r"sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|sas|sas_?token|"
-    r"access_?token|refresh_?token|password|passwd|pwd|pass|secret|client_?secret|key|account_?key|"
-    r"accountkey|api_?key|access_?key|secret_?access_?key|aws_secret_access_key|"
-    r"sharedaccesssignature|sharedaccesskey"
-)
-_PAIR = re.compile(rf"(?i)(?<![A-Za-z0-9_\-])({_SECRET_NAMES})(\s*=\s*)([^&;,\s'\"<>]+)")
-_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s'\"<>]+")
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.\-]*://)([^/@?#]*?):([^/?#]*)@", re.IGNORECASE)
-
-
 def redact(location: str | Location) -> str:
-    """`location` with its password, SAS signature, account key and any other secret masked."""
+    """`location` with its password, SAS signature, account key and any other secret masked (the one
+    implementation is ferry.core.redact, which every layer uses)."""
     if isinstance(location, Location):
         return location.display
-    text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", location)
-    return _PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-
-
-def redact_text(text: str) -> str:
-    """Every URL inside a free text redacted, and `name=secret` pairs outside URLs (connection strings,
-    SDK messages) masked too: for error messages that quote what a server or an SDK said."""
-    text = _URL.sub(lambda m: redact(m.group(0)), text)
-    return _PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    return redact_location(location)

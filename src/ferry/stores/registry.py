@@ -55,3 +55,10 @@ def open_location(location: str | Location) -> tuple[BackupStore, str]:
         else:
             return parent, loc.name
     return open_store(loc), ""
+
+
+def check_location(location: str) -> None:
+    """Raise UsageError when no store of this build can read `location` (its scheme, its form); opens and
+    contacts nothing, so the service may ask it about a location only another host can reach, before it
+    records a migration."""
+    parse_location(location)

@@ -19,6 +19,7 @@ The rules are PostgreSQL's own archive recovery:
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -127,6 +128,38 @@ class Source:
 
     def history(self, timeline: int) -> TimelineHistory | None:
         return next((h for h in self.histories if h.timeline == timeline), None)
+
+
+# What the scan says of a file it could not read as a backup (pipeline/discover.py). A 0-byte file is not
+# among them: it is how a segment being copied starts, and replay says so while it waits for it.
+_NOT_READ = {
+    "not-a-file": "it is no regular file",
+    "not-a-backup": "it does not start with a WAL page header",
+    "backup-truncated": "it is shorter than a segment",
+    "backup-unreadable": "it is damaged",
+}
+_SEGMENT_FILE = re.compile(r"^[0-9A-F]{24}(\.(gz|lz4|zst|zstd))?$")
+
+
+def not_segments(findings: Iterable[Finding]) -> list[Finding]:
+    """A file with a WAL segment's name that the scan could not read as one (a FIFO, a file of another
+    size, damaged) blocks the migration, saying so: it is never taken for WAL, and replay would wait
+    for it forever."""
+    out = []
+    for f in findings:
+        for key in f.files:
+            if f.code in _NOT_READ and _SEGMENT_FILE.match(key.rsplit("/", 1)[-1]):
+                out.append(
+                    Finding(
+                        "wal-not-a-segment",
+                        Severity.ERROR,
+                        f"'{key}' has the name of a WAL segment but is not one: {_NOT_READ[f.code]}",
+                        "replace it with the segment from the source's archive or pg_wal, or remove it if "
+                        "the source never wrote it; Ferry does not replay it",
+                        (key,),
+                    )
+                )
+    return out
 
 
 def _folder(key: str) -> str:

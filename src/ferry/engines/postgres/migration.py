@@ -183,7 +183,13 @@ def plan_files(files: SourceFiles) -> SourcePlan:
         )
     src = sources[0]
     selected = chain.select_chain(src)
-    findings = (*files.findings, *grouping, *src.findings, *selected.findings)
+    findings = (
+        *files.findings,
+        *chain.not_segments(files.findings),
+        *grouping,
+        *src.findings,
+        *selected.findings,
+    )
     if (
         selected.walk is None
         or not selected.walk.consistent
