@@ -42,6 +42,7 @@ from ferry.service.api.models import (
 )
 from ferry.service.api.schema import Document
 from ferry.service.contracts import Orchestrator, StateStore
+from ferry.web import Console
 
 __all__ = [
     "MAX_BODY",
@@ -76,8 +77,10 @@ def create_app(
     token_check: Callable[[str], bool],
     targets: Mapping[str, TargetInfo] | None = None,
     max_body: int = MAX_BODY,
+    console: bool = True,
 ) -> FastAPI:
-    """The API app. `targets`: the targets migrations may go to (None: the store alone decides)."""
+    """The API app. `targets`: the targets migrations may go to (None: the store alone decides).
+    `console`: serve the web console at `/` too (ferry.web: a client of this API, in-process)."""
     app = FastAPI(
         title="Ferry",
         version=__version__,
@@ -101,5 +104,6 @@ def create_app(
     app.include_router(protected)
     app.openapi = Document(app, targets)  # type: ignore[method-assign]
     # Outermost: nothing, not even FastAPI's own error handling, runs before the token is checked.
-    app.add_middleware(Guard, token_check=token_check, max_body=max_body)
+    web = Console(app) if console else None
+    app.add_middleware(Guard, token_check=token_check, max_body=max_body, console=web)
     return app

@@ -4,6 +4,8 @@
    without the token gets 401 at once, whatever it sends: a malformed body, a huge one, a route that does
    not exist. Open are only /healthz, /api/v1/healthz, /openapi.json and /docs: everything else is
    refused by default, so a route added later cannot be left open by mistake.
+   The web console's paths (`/` and `/console/...`) go to the console instead, whose own gate checks its
+   session cookie the same way, before any body is read (ferry/web/gate.py).
 2. A body is read whole, up to MAX_BODY bytes, before the app sees it: a larger one is answered with 413
    as soon as its Content-Length says so, or as soon as a chunked body passes the limit. A caller with
    the token cannot make the server hold more than MAX_BODY of any one request either.
@@ -18,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.service.api.errors import PREFIX, ApiError, error_body, unauthorized
+from ferry.web import Console
 
 MAX_BODY = 2 * 1024 * 1024  # a batch of 1000 migrations is about 150 KB
 OPEN_PATHS = frozenset({"/healthz", f"{PREFIX}/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
@@ -25,14 +28,24 @@ AUTHENTICATED = "ferry.authenticated"  # set in the ASGI scope once the token ma
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, token_check: Callable[[str], bool], max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token_check: Callable[[str], bool],
+        max_body: int = MAX_BODY,
+        console: Console | None = None,
+    ) -> None:
         self.app = app
         self.token_check = token_check
         self.max_body = max_body
+        self.console = console
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.console is not None and self.console.owns(scope["path"]):
+            await self.console(scope, receive, send)
             return
         headers = _headers(scope)
         length_text = headers.get("content-length")
