@@ -50,12 +50,16 @@ class RecordingOrchestrator:
         self._call("start", [r.id for r in records])
 
     async def cutover(
-        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+        self,
+        migration_id: str,
+        final_lsn: str | None = None,
+        attempt: int | None = None,
+        last_backup: str | None = None,
     ) -> None:
-        self._call("cutover", (migration_id, final_lsn))
+        self._call("cutover", (migration_id, final_lsn) if last_backup is None else (migration_id, final_lsn, last_backup))
 
-    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
-        self._call("cancel", migration_id)
+    async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
+        self._call("cancel", (migration_id, "drop") if drop else migration_id)
 
     async def retry(self, migration_id: str) -> None:
         self._call("retry", migration_id)

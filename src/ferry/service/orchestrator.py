@@ -49,6 +49,7 @@ def workflow_input(record: MigrationRecord) -> io.MigrationInput:
         mode=record.mode,
         last_backup=record.last_backup,
         attempt=record.attempt,
+        database=record.database,
     )
 
 
@@ -92,18 +93,24 @@ class TemporalOrchestrator:
                 await asyncio.sleep(0.2 * attempt)
 
     async def cutover(
-        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+        self,
+        migration_id: str,
+        final_lsn: str | None = None,
+        attempt: int | None = None,
+        last_backup: str | None = None,
     ) -> None:
         # The time of the request travels with it: the downtime is measured from here. The attempt binds
         # it to the run it is for, the name to the signal (workflows.py refuses anything else).
         attempt = attempt or await self._attempt(migration_id)
-        signal = io.CutoverSignal(time.time(), final_lsn, attempt=attempt, signal=io.S_CUTOVER)
+        signal = io.CutoverSignal(
+            time.time(), final_lsn, attempt=attempt, signal=io.S_CUTOVER, last_backup=last_backup
+        )
         await self.handle(migration_id).signal(MigrationWorkflow.cutover, signal)
 
-    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
+    async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
         attempt = attempt or await self._attempt(migration_id)
         await self.handle(migration_id).signal(
-            MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt)
+            MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt, drop=drop)
         )
 
     async def _attempt(self, migration_id: str) -> int:

@@ -34,6 +34,7 @@ from ferry.engines.base import (
     SourceFiles,
     StepContext,
     StepReport,
+    TargetSpec,
     Until,
 )
 from ferry.engines.sqlserver import prepare as prep
@@ -368,6 +369,37 @@ class SqlServerMigrator:
             "RESTORE DATABASE ... WITH RECOVERY to look at it)",
             data={"database": st.database},
         )
+
+    # -- describe (the target's facts, for the service's list of targets) ------------------------------
+
+    def describe(self, target: TargetSpec) -> dict[str, Any]:
+        """Version, edition, default folders and free space of the instance: one batch of the facts
+        prepare reads (facts.py). Free space is known for volumes that hold database files."""
+        url = TargetUrl.parse(target.location)
+        options = dict(target.options)
+        login = int(options.get("login_timeout", 10))
+        with Target(Connection.open(url, password_for(url, options), login)) as t:
+            facts = t.facts()
+        data_dir = facts.default_data_dir
+        volume = facts.volume_of(data_dir) if data_dir else None
+        return {
+            "version": facts.product_version,
+            "edition": facts.edition,
+            "instance": facts.instance_name,
+            "server_name": facts.server_name,
+            "data_path": data_dir,
+            "log_path": facts.default_log_dir,
+            "volumes": [
+                {
+                    "mount_point": v.mount_point,
+                    "total_bytes": v.total_bytes,
+                    "available_bytes": v.available_bytes,
+                }
+                for v in facts.volumes
+            ],
+            "free_bytes": volume.available_bytes if volume is not None else None,
+            "databases": len(facts.databases),
+        }
 
     # -- status -----------------------------------------------------------------------------------------
 

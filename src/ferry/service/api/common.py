@@ -20,12 +20,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """A target the service knows: its agent's task queue is derived from the name."""
+    """A target the service knows: its agent's task queue is derived from the name. What its agent
+    registered: the engine, where it restores, its restore limit, and the facts it last read from it."""
 
     name: str
     engine: str = "postgres"
     host: str | None = None
     description: str = ""
+    location: str | None = None
+    concurrency: int | None = None
+    agent: bool = False
+    facts: Mapping[str, Any] | None = None
 
 
 @runtime_checkable

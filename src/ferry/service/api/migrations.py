@@ -11,10 +11,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from ferry.core.errors import UsageError
 from ferry.core.migration import TRANSITIONS, InvalidTransition, State
@@ -30,7 +29,7 @@ from ferry.stores.registry import check_location
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["migrations"])
 
-    async def create(body: CreateBody) -> JSONResponse:
+    async def create(body: CreateBody) -> dict[str, Any]:
         items = body.root
         _check_targets(service, items)
         _check_sources(items)
@@ -46,20 +45,29 @@ def router(service: Service) -> APIRouter:
                 getattr(exc, "details", None),
             ) from None
         await _start(service, records)
-        return JSONResponse({"migrations": [record_json(r) for r in records]}, status_code=201)
+        return {"migrations": [record_json(r) for r in records]}
 
     async def list_migrations(
         state: Annotated[State | None, Query(description="Only migrations in this state.")] = None,
         target: Annotated[str | None, Query(description="Only migrations onto this target.")] = None,
-    ) -> JSONResponse:
+    ) -> dict[str, Any]:
         records = await db(service.store.find, state, target)
-        return JSONResponse({"migrations": [record_json(r) for r in records]})
+        return {"migrations": [record_json(r) for r in records]}
 
-    async def get_migration(migration_id: str) -> JSONResponse:
+    async def get_migration(migration_id: str) -> dict[str, Any]:
         record = await one(service, migration_id)
-        return JSONResponse({"migration": record_json(record)})
+        return {"migration": record_json(record)}
 
-    async def cancel(migration_id: str) -> JSONResponse:
+    async def cancel(
+        migration_id: str,
+        drop: Annotated[
+            bool,
+            Query(
+                description="Remove what was restored (SQL Server: DROP DATABASE of the RESTORING database) "
+                "instead of leaving it for inspection."
+            ),
+        ] = False,
+    ) -> dict[str, Any]:
         record = await one(service, migration_id)
         refusal = _cancel_refusal(record)
         if refusal:
@@ -70,11 +78,13 @@ def router(service: Service) -> APIRouter:
                 f"see its state and events: `ferry migrations show {record.id}`",
                 {"state": record.state.value},
             )
-        await orchestrate(f"cancel '{record.name}'", service.orchestrator.cancel(record.id, record.attempt))
-        await db(service.store.append_event, record.id, "info", "cancel requested", {"by": "api"})
-        return JSONResponse({"migration": record_json(record)}, status_code=202)
+        call = service.orchestrator.cancel(record.id, record.attempt, drop=drop)
+        await orchestrate(f"cancel '{record.name}'", call)
+        asked = {"by": "api", "drop": drop}
+        await db(service.store.append_event, record.id, "info", "cancel requested", asked)
+        return {"migration": record_json(record)}
 
-    async def retry(migration_id: str) -> JSONResponse:
+    async def retry(migration_id: str) -> dict[str, Any]:
         record = await one(service, migration_id)
         if record.state is not State.FAILED:
             raise _not_failed(record.name, record.state)
@@ -89,7 +99,7 @@ def router(service: Service) -> APIRouter:
             with contextlib.suppress(InvalidTransition):  # its new run did start and moved on
                 await db(service.store.set_state, record.id, State.FAILED, None, exc.message + before)
             raise
-        return JSONResponse({"migration": record_json(queued)}, status_code=202)
+        return {"migration": record_json(queued)}
 
     add = api.add_api_route
     add(
@@ -98,6 +108,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=201,
         response_model=MigrationList,
+        response_model_exclude_unset=True,
         responses=responses(400, 401, 409, 413, 503),
         summary="Create migrations: one, or many all-or-nothing",
     )
@@ -106,6 +117,7 @@ def router(service: Service) -> APIRouter:
         list_migrations,
         methods=["GET"],
         response_model=MigrationList,
+        response_model_exclude_unset=True,
         responses=responses(400, 401),
         summary="List migrations, by state and target",
     )
@@ -114,6 +126,7 @@ def router(service: Service) -> APIRouter:
         get_migration,
         methods=["GET"],
         response_model=MigrationOne,
+        response_model_exclude_unset=True,
         responses=responses(401, 404),
         summary="One migration with its status details (by id or name)",
     )
@@ -123,6 +136,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=MigrationOne,
+        response_model_exclude_unset=True,
         responses=responses(401, 404, 409, 503),
         summary="Cancel a migration",
     )
@@ -132,6 +146,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=MigrationOne,
+        response_model_exclude_unset=True,
         responses=responses(401, 404, 409, 503),
         summary="Retry a Failed migration",
     )
