@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages Ferry's PostgreSQL engine, its demo and its tests need: the PostgreSQL server binaries
 # (initdb, pg_ctl, pg_basebackup, pgbench), an unprivileged `postgres` user to run them as, the lz4
-# and zstd tools the tests compress WAL with, and Samba's smbd for the SMB store tests. And Azurite, the
+# and zstd tools the tests compress WAL with, Samba's smbd for the SMB store tests, and Chromium, which
+# the web console's browser tests drive headless (playwright with executable_path). And Azurite, the
 # Azure Blob emulator, from npm into .tools/ (not global).
 # Installs what is missing when run as root on a Debian-like system; says what to install otherwise.
 set -euo pipefail
@@ -12,13 +13,15 @@ command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 { [[ -x /usr/sbin/smbd ]] && command -v smbpasswd >/dev/null 2>&1; } || missing+=(samba)
+# The console tests drive this browser; playwright never downloads one.
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "ferry: installing ${missing[*]} (Debian packages)" >&2
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "ferry: PostgreSQL features and the SMB tests need: apt-get install ${missing[*]}" >&2
+    echo "ferry: PostgreSQL features, the SMB and the browser tests need: apt-get install ${missing[*]}" >&2
   fi
 fi
 if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then

@@ -16,6 +16,7 @@ import pytest
 from ferry.core.migration import State
 from ferry.service.api import create_app
 from ferry.service.auth import TokenVerifier, ensure_token, reset_token
+from ferry.service.scans import ScanJobs, ScanRequest
 from ferry.service.store import SqlStateStore
 from tests.unit.conftest import READY_PATH, TARGETS, RecordingOrchestrator
 
@@ -260,49 +261,80 @@ PLAN = {
 }  # fmt: skip
 
 
-def test_new_migration_shows_the_databases_found_with_their_findings(browser: Browser) -> None:
-    seen: list[Any] = []
+class PlannedScans(ScanJobs):
+    """Scans that answer PLAN at once (or go on running), recording what was asked."""
 
-    async def scans(body: dict[str, Any]) -> dict[str, Any]:
-        seen.append(body)
-        return PLAN
+    def __init__(self, running: bool = False) -> None:
+        super().__init__()
+        self.asked: list[ScanRequest] = []
+        self.running = running
+        self.release = asyncio.Event()
 
-    browser.http.app.add_api_route("/api/v1/scans", scans, methods=["POST"])  # type: ignore[attr-defined]
-    browser.login()
-    location = "smb://svc:S3cretPass@files/backups"
-    resp = browser.http.post(
-        "/console/new/scan",
-        data={"location": location, "databases": "Sales, Hr", "csrf_token": browser.csrf()},
-    )
-    assert resp.status_code == 303 and seen == [{"location": location, "database": ["Sales", "Hr"]}]
-    page = browser.http.get(resp.headers["location"]).text
-    assert "S3cretPass" not in page and "svc:***@files" in page  # the location stays on the server
-    assert 'id="pick-0" checked' in page and re.search(r'id="pick-1"[^>]*disabled', page)
-    assert "Cannot be restored" in page and "a gap between &lt;b&gt;3&lt;/b&gt; and 7" in page
-    assert "put the missing log backups into the store" in page and "README.md is not a backup" in page
+    async def _subprocess(self, request: ScanRequest) -> dict[str, Any]:
+        self.asked.append(request)
+        if self.running:
+            await self.release.wait()
+        return {"plan": PLAN}
 
 
-def test_new_migration_without_scans_starts_the_location_as_a_whole(browser: Browser) -> None:
-    browser.login()
-    resp = browser.http.post("/console/new/scan", data={"location": "/b/sales", "csrf_token": browser.csrf()})
-    page = browser.http.get(resp.headers["location"]).text
-    assert "cannot list the databases" in page
-    key = re.search(r'name="scan" value="([^"]+)"', page)
-    assert key
-    started = browser.http.post(
-        "/console/new/start",
-        data={
-            "scan": key.group(1),
-            "target": "t2",
-            "mode": "offline",
-            "name": "sales-1",
-            "csrf_token": browser.csrf(),
-        },
-    )
-    assert started.status_code == 303 and started.headers["location"].startswith("/console/migrations/mig-")
-    (m,) = browser.store.find()
-    assert (m.name, m.source, m.target, m.mode) == ("sales-1", "/b/sales", "t2", "offline")
-    assert "Started 1 migration" in browser.http.get(started.headers["location"]).text
+def scanning_browser(tmp_path: Path, jobs: ScanJobs) -> Iterator[Browser]:
+    token = ensure_token(tmp_path)
+    assert token is not None
+    with SqlStateStore(str(tmp_path / "state.db"), targets=list(TARGETS)) as store:
+        orch = RecordingOrchestrator()
+        app = create_app(store, orch, TokenVerifier(tmp_path), TARGETS, scan_jobs=jobs)
+        with TestClient(app, follow_redirects=False) as http:
+            yield Browser(http, store, orch, tmp_path, token)
+
+
+def test_new_migration_shows_the_databases_found_with_their_findings(tmp_path: Path) -> None:
+    jobs = PlannedScans()
+    for browser in scanning_browser(tmp_path, jobs):
+        browser.login()
+        location = "smb://svc:S3cretPass@files/backups"
+        resp = browser.http.post(
+            "/console/new/scan",
+            data={"location": location, "databases": "Sales, Hr", "csrf_token": browser.csrf()},
+        )
+        assert resp.status_code == 303
+        assert [(r.location, r.databases) for r in jobs.asked] == [(location, ["Sales", "Hr"])]
+        page = browser.http.get(resp.headers["location"]).text
+        assert "S3cretPass" not in page and "svc:***@files" in page  # the location stays on the server
+        assert 'id="pick-0" checked' in page and re.search(r'id="pick-1"[^>]*disabled', page)
+        assert "Cannot be restored" in page and "a gap between &lt;b&gt;3&lt;/b&gt; and 7" in page
+        assert "put the missing log backups into the store" in page and "README.md is not a backup" in page
+        key = re.search(r'name="scan" value="([^"]+)"', page)
+        assert key
+        started = browser.http.post(
+            "/console/new/start",
+            data={"scan": key.group(1), "pick": "0", "name-0": "sales-1", "target": "t2", "mode": "offline",
+                  "csrf_token": browser.csrf()},
+        )  # fmt: skip
+        assert started.status_code == 303, started.text
+        assert started.headers["location"].startswith("/console/migrations/mig-")
+        (m,) = browser.store.find()
+        assert (m.name, m.source, m.target, m.mode) == ("sales-1", location, "t2", "offline")
+        assert "Started 1 migration" in browser.http.get(started.headers["location"]).text
+
+
+def test_a_long_scan_shows_as_running_until_its_plan_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ferry.web.newpage.SCAN_WAIT", 0.0)
+    jobs = PlannedScans(running=True)
+    for browser in scanning_browser(tmp_path, jobs):
+        browser.login()
+        resp = browser.http.post(
+            "/console/new/scan", data={"location": "/b/sales", "csrf_token": browser.csrf()}
+        )
+        page = browser.http.get(resp.headers["location"]).text
+        assert "Scanning /b/sales" in page and 'hx-trigger="every 2s"' in page
+        browser.http.portal.call(jobs.release.set)  # type: ignore[union-attr]
+        for _ in range(100):
+            page = browser.http.get(resp.headers["location"]).text
+            if "Scanning" not in page:
+                break
+        assert "Databases to migrate" in page
 
 
 # -- what the pages are made of ----------------------------------------------------------------------------

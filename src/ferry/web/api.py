@@ -125,11 +125,18 @@ class ApiClient:
         _, data = await self._call("POST", f"/migrations/{_segment(ref)}/retry")
         return dict(data["migration"])
 
-    async def scan(self, location: str, databases: list[str] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"location": location}
+    async def scan(
+        self, location: str, databases: list[str] | None = None, wait: float = 5.0
+    ) -> dict[str, Any]:
+        """Start a scan; the job, with its plan when it ended within `wait` seconds (else it runs on)."""
+        body: dict[str, Any] = {"location": location, "wait_seconds": wait}
         if databases:
             body["database"] = databases
         _, data = await self._call("POST", "/scans", body=body)
+        return data
+
+    async def scan_job(self, scan_id: str) -> dict[str, Any]:
+        _, data = await self._call("GET", f"/scans/{_segment(scan_id)}")
         return data
 
 

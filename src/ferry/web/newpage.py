@@ -1,5 +1,7 @@
-"""New migration: a store location, the databases found there (POST /api/v1/scans, the same answer as
-`ferry plan --json`), then the databases picked, a target and a mode (POST /api/v1/migrations).
+"""New migration: a store location, the databases found there (POST /api/v1/scans, whose plan is the
+answer of `ferry plan --json`), then the databases picked, a target and a mode (POST /api/v1/migrations).
+A scan that takes longer than a few seconds runs on: the page shows it running and asks again every
+two seconds (htmx) until its plan or its error is there.
 
 The location may carry a credential (`smb://user:password@host/share`, a SAS in a blob URL). It stays in
 the session on the server between the scan and the start: the page shows it redacted and holds only a
@@ -19,7 +21,7 @@ from starlette.routing import Route
 
 from ferry.core.redact import redact_location
 from ferry.web import views
-from ferry.web.api import ApiClient, ApiFailure
+from ferry.web.api import ApiClient, ApiFailure, SignedOut
 from ferry.web.console import PREFIX
 from ferry.web.sessions import Session
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from ferry.web.console import Console
 
 Handler = Callable[[Request, ApiClient, Session], Awaitable[Response]]
+SCAN_WAIT = 5.0  # seconds the scan request waits for the plan before the page shows the scan running
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the API's migration names
 
 
@@ -39,16 +42,19 @@ def routes(
         key = request.query_params.get("scan") or ""
         pending = session.pending.get(key)
         targets = await api.targets()
+        if pending is not None and pending.get("state") == "running":
+            await follow(api, pending)
         context: dict[str, Any] = {
             "targets": targets,
             "key": key if pending else "",
             "location": redact_location(str(pending["location"])) if pending else "",
             "wanted": ", ".join(pending.get("databases") or ()) if pending else "",
-            "unavailable": bool(pending and pending.get("unavailable")),
+            "scanning": bool(pending and pending.get("state") == "running"),
+            "failed": pending.get("error") if pending else None,
             "scanned": None,
         }
-        if pending and isinstance(pending.get("result"), Mapping):
-            context["scanned"] = scanned(pending["result"], targets)
+        if pending and isinstance(pending.get("plan"), Mapping):
+            context["scanned"] = scanned(pending["plan"], targets)
         return console.render("new.html", session, nav="new", **context)
 
     async def scan(request: Request, api: ApiClient, session: Session) -> Response:
@@ -61,14 +67,13 @@ def routes(
         if not location:
             session.flash("error", "Enter the location of the backups.")
             return see(f"{PREFIX}/new")
-        pending: dict[str, Any] = {"location": location, "databases": wanted}
         try:
-            pending["result"] = await api.scan(location, wanted)
+            job = await api.scan(location, wanted, SCAN_WAIT)
         except ApiFailure as exc:
-            if (exc.status == 404 and exc.message.startswith("no route")) or exc.status == 405:
-                pending["unavailable"] = True  # a server without scans: the location as a whole
-            else:
-                session.flash("error", f"The scan failed: {_said(exc)}")
+            session.flash("error", f"The scan could not start: {_said(exc)}")
+            return see(f"{PREFIX}/new")
+        pending: dict[str, Any] = {"location": location, "databases": wanted}
+        take_job(pending, job)
         return see(f"{PREFIX}/new?scan={session.keep_scan(pending)}")
 
     async def start(request: Request, api: ApiClient, session: Session) -> Response:
@@ -88,28 +93,24 @@ def routes(
             return see(again)
         base = {"source": str(pending["location"]), "target": target, "mode": mode}
         items: list[dict[str, Any]] = []
-        result = pending.get("result")
-        if isinstance(result, Mapping):
-            databases = list(result.get("databases") or [])
-            several = len(databases) > 1
-            for pick in form.get("pick", []):
-                if not pick.isdigit() or int(pick) >= len(databases):
-                    continue
-                i = int(pick)
-                db = databases[i]
-                item = dict(base)
-                if several or db.get("engine") == "sqlserver":
-                    item["database"] = str(db.get("name"))
-                name = field(form, f"name-{i}")
-                if name:
-                    item["name"] = name
-                items.append(item)
-            if not items:
-                session.flash("error", "Pick at least one database to migrate.")
-                return see(again)
-        else:
-            name = field(form, "name")
-            items.append({**base, **({"name": name} if name else {})})
+        plan = pending.get("plan")
+        databases = list(plan.get("databases") or []) if isinstance(plan, Mapping) else []
+        several = len(databases) > 1
+        for pick in form.get("pick", []):
+            if not pick.isdigit() or int(pick) >= len(databases):
+                continue
+            i = int(pick)
+            db = databases[i]
+            item = dict(base)
+            if several or db.get("engine") == "sqlserver":
+                item["database"] = str(db.get("name"))
+            name = field(form, f"name-{i}")
+            if name:
+                item["name"] = name
+            items.append(item)
+        if not items:
+            session.flash("error", "Pick at least one database to migrate.")
+            return see(again)
         try:
             created = await api.create(items)
         except ApiFailure as exc:
@@ -127,6 +128,24 @@ def routes(
         Route(f"{PREFIX}/new/scan", signed_in(scan), methods=["POST"]),
         Route(f"{PREFIX}/new/start", signed_in(start), methods=["POST"]),
     ]
+
+
+async def follow(api: ApiClient, pending: dict[str, Any]) -> None:
+    """A running scan's job, asked again: its plan or its error once it ended."""
+    try:
+        take_job(pending, await api.scan_job(str(pending["scan_id"])))
+    except ApiFailure as exc:
+        if isinstance(exc, SignedOut):
+            raise
+        # The server forgot it (restarted, or an hour passed): say so; scanning again is the way on.
+        pending.update(state="failed", error={"message": exc.message, "hint": exc.hint})
+
+
+def take_job(pending: dict[str, Any], job: Mapping[str, Any]) -> None:
+    pending.update(
+        scan_id=job.get("id"), state=job.get("state"), plan=job.get("plan"), error=job.get("error")
+    )
+    pending["seconds"] = job.get("seconds")
 
 
 def scanned(result: Mapping[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
