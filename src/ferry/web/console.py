@@ -41,6 +41,7 @@ def templates() -> Environment:
         duration=views.duration,
         size=views.size,
         when=views.when,
+        estimate=views.estimate_words,
     )
     env.globals.update(prefix=PREFIX, version=__version__, STATES=views.STATES)
     return env

@@ -268,47 +268,63 @@ class BackupSet:
         return round(100 * self.done / self.total) if self.total else 0
 
 
+GROUPS = {"full": "Full and differential backups", "diff": "Full and differential backups"}
+
+
 def backup_sets(status: Mapping[str, Any]) -> list[BackupSet]:
-    """status.details.backup_sets, one shape for every engine: a set with its files, or a row that is
-    itself one file (an engine that reports backups one by one)."""
+    """status.details.backup_sets, one shape for every engine. A set with its files (PostgreSQL: the base
+    backup, the WAL of a timeline) stays a set; rows that are each one backup (SQL Server) are gathered
+    into the full and differential backups and the log backups, so each group has one progress bar."""
     details = status.get("details") or {}
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for raw in details.get("backup_sets") or ():
+        if isinstance(raw, Mapping) and not isinstance(raw.get("files"), list):
+            kind = str(raw.get("kind") or "log")
+            grouped.setdefault(GROUPS.get(kind, "Log backups"), []).append(raw)
     sets = []
     for raw in details.get("backup_sets") or ():
-        if not isinstance(raw, Mapping):
-            continue
-        files_raw = raw.get("files")
-        if not isinstance(files_raw, list):
-            files_raw = [raw]
-        files = [
-            FileRow(
-                str(f.get("name") or ""),
-                str(f.get("status") or "unknown").lower(),
-                str(f.get("reason") or ""),
-                size(f.get("size")) if f.get("size") is not None else "",
+        if isinstance(raw, Mapping) and isinstance(raw.get("files"), list):
+            sets.append(
+                _backup_set(str(raw.get("name") or ""), str(raw.get("kind") or "log"), raw["files"], raw)
             )
-            for f in files_raw
-            if isinstance(f, Mapping)
-        ]
-        given = raw.get("counts")
-        tally = (
-            {str(k).lower(): int(v) for k, v in given.items() if isinstance(v, int)}
-            if isinstance(given, Mapping)
-            else dict(Counter(f.status for f in files))
-        )
-        total = sum(tally.values()) or len(files)
-        done = tally.get("restored", 0) + tally.get("skipped", 0)
-        sets.append(
-            BackupSet(
-                str(raw.get("name") or ""),
-                str(raw.get("kind") or "log"),
-                files,
-                tally,
-                total,
-                done,
-                len(files),
-            )
-        )
+    for name, rows in grouped.items():
+        sets.append(_backup_set(name, "log" if name == "Log backups" else "full", rows, {}))
     return sets
+
+
+def _backup_set(name: str, kind: str, files_raw: list[Any], raw: Mapping[str, Any]) -> BackupSet:
+    files = [
+        FileRow(
+            str(f.get("name") or ""),
+            str(f.get("status") or "unknown").lower(),
+            str(f.get("reason") or ""),
+            size(f.get("size")) if f.get("size") is not None else "",
+        )
+        for f in files_raw
+        if isinstance(f, Mapping)
+    ]
+    given = raw.get("counts")
+    tally = (
+        {str(k).lower(): int(v) for k, v in given.items() if isinstance(v, int)}
+        if isinstance(given, Mapping)
+        else dict(Counter(f.status for f in files))
+    )
+    total = sum(tally.values()) or len(files)
+    done = tally.get("restored", 0) + tally.get("skipped", 0)
+    return BackupSet(name, kind, files, tally, total, done, len(files))
+
+
+def estimate_words(migration: Mapping[str, Any]) -> str:
+    """The cutover's estimated downtime in words: the API's estimate when it sends one; else, for a
+    migration that has nothing left to restore, that only the recovery is left; else unknown."""
+    status = migration.get("status") or {}
+    estimate = status.get("cutover_estimate_seconds")
+    if isinstance(estimate, int | float):
+        return duration(estimate)
+    caught_up = not status.get("pending_files") and not status.get("lag_bytes")
+    if migration.get("state") in CUTOVER_STATES and caught_up:
+        return "short: nothing left to restore, only recovery"
+    return "unknown"
 
 
 @dataclass(frozen=True)
