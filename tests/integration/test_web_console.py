@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from tests.integration.test_service_lifecycle import (
     count,
     make_source,
     start_serve,
+    stop_serve,
     stop_targets,
     switch,
     token_from,
@@ -96,11 +95,7 @@ def console(root: Path) -> Iterator[Console]:
         yield Console(base, token, data, sql_store, sql_state, api)
     finally:
         api.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
         stop_targets(data / "targets")
         if model is not None:
             model.stop()

@@ -58,13 +58,7 @@ class Browser:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
-    token = ensure_token(tmp_path)
-    assert token is not None
-    with SqlStateStore(str(tmp_path / "state.db"), targets=list(TARGETS)) as store:
-        orch = RecordingOrchestrator()
-        app = create_app(store, orch, TokenVerifier(tmp_path), TARGETS)
-        with TestClient(app, follow_redirects=False) as http:
-            yield Browser(http, store, orch, tmp_path, token)
+    yield from scanning_browser(tmp_path, ScanJobs())
 
 
 # -- the gate ----------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def target_loads(
                 engine=engine_words(t.get("engine")) if t else "not registered",
                 host=str(t.get("host") or ""),
                 concurrency=concurrency if isinstance(concurrency, int) else None,
-                load=_load_words(t.get("load")),
+                load=_target_words(t),
                 active=sum(n for s, n in seen.items() if s not in FINAL),
                 restoring_full=seen.get("RestoringFull", 0),
                 ready=seen.get("ReadyForCutover", 0),
@@ -158,14 +158,21 @@ def target_loads(
     return loads
 
 
-def _load_words(load: Any) -> str:
-    if load is None:
+def _target_words(target: Mapping[str, Any]) -> str:
+    """What the target's agent says of it: served or not, and the facts it read from the target (its
+    version, the free space of its data volume, or why it could not read them)."""
+    if not target:
         return ""
-    if isinstance(load, Mapping):
-        return ", ".join(
-            f"{str(k).replace('_', ' ')} {v}" for k, v in load.items() if not isinstance(v, dict)
-        )
-    return str(load)
+    words = ["agent serving" if target.get("agent") else "no agent serving it"]
+    facts = target.get("facts")
+    if isinstance(facts, Mapping):
+        if facts.get("version"):
+            words.append(" ".join(str(facts[k]) for k in ("edition", "version") if facts.get(k)))
+        if isinstance(facts.get("free_bytes"), int):
+            words.append(f"{size(facts['free_bytes'])} free")
+        if facts.get("error"):
+            words.append(f"facts not read: {facts['error']}")
+    return ", ".join(words)
 
 
 @dataclass(frozen=True)
