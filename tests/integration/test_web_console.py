@@ -159,9 +159,10 @@ def test_a_postgresql_migration_from_the_browser(root: Path, console: Console, p
         mid = start_from_new_page(page, console, src.store, None, "pg")
         wait_state(page, "Ready for cutover")
         assert page.locator("#h-sets").is_visible() and page.get_by_text("WAL timeline").first.is_visible()
-        shoot(page, "pg-ready")
         src.write(1000)  # the application's last writes, archived before the cutover is asked for
         switch(src)
+        page.locator("svg.lag-chart").wait_for(timeout=LONG)  # two samples of the lag, seen live
+        shoot(page, "pg-ready")
 
         # From the list: select it, see its estimated downtime, confirm.
         page.get_by_role("link", name="Migrations", exact=True).click()
@@ -200,6 +201,10 @@ def test_a_sql_server_migration_from_the_browser(console: Console, page: Any) ->
     files = page.locator("table.files")
     assert files.get_by_text("RestoreTimeClean.bak").first.is_visible()
     shoot(page, "sql-ready")
+    page.get_by_role("link", name="Dashboard").click()
+    page.locator("#h-targets").wait_for()
+    shoot(page, "dashboard-busy")
+    page.go_back()
 
     page.get_by_role("link", name="Cut over…").click()
     assert page.locator(f'tr[data-id="{mid}"] .estimate').inner_text() not in ("", "unknown")
