@@ -15,6 +15,7 @@ import pytest
 
 from ferry.core.migration import State
 from ferry.service.api import create_app
+from ferry.service.api.common import TargetInfo
 from ferry.service.auth import TokenVerifier, ensure_token, reset_token
 from ferry.service.scans import ScanJobs, ScanRequest
 from ferry.service.store import SqlStateStore
@@ -271,19 +272,23 @@ class PlannedScans(ScanJobs):
         return {"plan": PLAN}
 
 
-def scanning_browser(tmp_path: Path, jobs: ScanJobs) -> Iterator[Browser]:
+def scanning_browser(
+    tmp_path: Path, jobs: ScanJobs, targets: dict[str, TargetInfo] = TARGETS
+) -> Iterator[Browser]:
     token = ensure_token(tmp_path)
     assert token is not None
-    with SqlStateStore(str(tmp_path / "state.db"), targets=list(TARGETS)) as store:
+    with SqlStateStore(str(tmp_path / "state.db"), targets=list(targets)) as store:
         orch = RecordingOrchestrator()
-        app = create_app(store, orch, TokenVerifier(tmp_path), TARGETS, scan_jobs=jobs)
+        app = create_app(store, orch, TokenVerifier(tmp_path), targets, scan_jobs=jobs)
         with TestClient(app, follow_redirects=False) as http:
             yield Browser(http, store, orch, tmp_path, token)
 
 
 def test_new_migration_shows_the_databases_found_with_their_findings(tmp_path: Path) -> None:
     jobs = PlannedScans()
-    for browser in scanning_browser(tmp_path, jobs):
+    for browser in scanning_browser(
+        tmp_path, jobs, {**TARGETS, "sql1": TargetInfo("sql1", engine="sqlserver")}
+    ):
         browser.login()
         location = "smb://svc:S3cretPass@files/backups"
         resp = browser.http.post(
@@ -299,15 +304,16 @@ def test_new_migration_shows_the_databases_found_with_their_findings(tmp_path: P
         assert "put the missing log backups into the store" in page and "README.md is not a backup" in page
         key = re.search(r'name="scan" value="([^"]+)"', page)
         assert key
-        started = browser.http.post(
-            "/console/new/start",
-            data={"scan": key.group(1), "pick": "0", "name-0": "sales-1", "target": "t2", "mode": "offline",
-                  "csrf_token": browser.csrf()},
-        )  # fmt: skip
+        form = {"scan": key.group(1), "pick": "0", "name-0": "sales-1", "target": "t2", "mode": "offline",
+                "csrf_token": browser.csrf()}  # fmt: skip
+        wrong = browser.http.post("/console/new/start", data=form)
+        assert "choose a SQL Server target" in browser.http.get(wrong.headers["location"]).text
+        assert browser.store.find() == []
+        started = browser.http.post("/console/new/start", data={**form, "target": "sql1"})
         assert started.status_code == 303, started.text
         assert started.headers["location"].startswith("/console/migrations/mig-")
         (m,) = browser.store.find()
-        assert (m.name, m.source, m.target, m.mode) == ("sales-1", location, "t2", "offline")
+        assert (m.name, m.source, m.target, m.mode) == ("sales-1", location, "sql1", "offline")
         assert "Started 1 migration" in browser.http.get(started.headers["location"]).text
 
 

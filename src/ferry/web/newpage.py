@@ -92,6 +92,7 @@ def routes(
             session.flash("error", "The mode is online or offline.")
             return see(again)
         base = {"source": str(pending["location"]), "target": target, "mode": mode}
+        engines = {str(t.get("name")): str(t.get("engine") or "") for t in await api.targets()}
         items: list[dict[str, Any]] = []
         plan = pending.get("plan")
         databases = list(plan.get("databases") or []) if isinstance(plan, Mapping) else []
@@ -101,6 +102,9 @@ def routes(
                 continue
             i = int(pick)
             db = databases[i]
+            if refusal := engine_mismatch(db, target, engines):
+                session.flash("error", refusal)
+                return see(again)
             item = dict(base)
             if several or db.get("engine") == "sqlserver":
                 item["database"] = str(db.get("name"))
@@ -128,6 +132,17 @@ def routes(
         Route(f"{PREFIX}/new/scan", signed_in(scan), methods=["POST"]),
         Route(f"{PREFIX}/new/start", signed_in(start), methods=["POST"]),
     ]
+
+
+def engine_mismatch(db: Mapping[str, Any], target: str, engines: Mapping[str, str]) -> str | None:
+    """Why a database cannot go to that target (another engine's), said before anything is created."""
+    mine, theirs = str(db.get("engine") or ""), engines.get(target, "")
+    if not mine or not theirs or mine == theirs:
+        return None
+    return (
+        f"Nothing was started: {db.get('name')} is a {views.engine_words(mine)} database and target "
+        f"{target} is {views.engine_words(theirs)}; choose a {views.engine_words(mine)} target."
+    )
 
 
 async def follow(api: ApiClient, pending: dict[str, Any]) -> None:
