@@ -166,6 +166,8 @@ def _clock(at: float) -> str:
 
 
 def _seconds(value: float) -> str:
+    if value < 1:  # the axis' quarter ticks: 0.25 s, not a rounded 0.2 s
+        return f"{value:.2f}".rstrip("0").rstrip(".") + " s"
     if value < 10:
         return f"{value:.1f} s"
     if value < 120:
