@@ -56,7 +56,10 @@ class RecordingOrchestrator:
         attempt: int | None = None,
         last_backup: str | None = None,
     ) -> None:
-        self._call("cutover", (migration_id, final_lsn) if last_backup is None else (migration_id, final_lsn, last_backup))
+        self._call(
+            "cutover",
+            (migration_id, final_lsn) if last_backup is None else (migration_id, final_lsn, last_backup),
+        )
 
     async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
         self._call("cancel", (migration_id, "drop") if drop else migration_id)

@@ -515,7 +515,9 @@ def test_cli_cutover_watch_and_events(server: Server) -> None:
 
 
 def test_cli_cutover_all_ready_cancel_and_retry(server: Server) -> None:
-    a, b = _created(server.run("create", "--no-scan", "/backups/cli/delta", "/backups/cli/epsilon", "-t", "t1", "--json"))
+    a, b = _created(
+        server.run("create", "--no-scan", "/backups/cli/delta", "/backups/cli/epsilon", "-t", "t1", "--json")
+    )
     server.advance(a["id"], *READY_PATH)
     result = server.run("cutover", "--all-ready")
     assert result.exit_code == 0 and "delta" in result.stdout and "epsilon" not in result.stdout

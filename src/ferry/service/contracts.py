@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from ferry.core.errors import FerryError
 from ferry.core.migration import State
+
+
+class WorkflowEnded(FerryError):
+    """A migration's workflow has ended, so a signal can no longer reach it (the state store says so a
+    moment later, or never if the run ended without recording it): the caller answers from the state."""
+
 
 Mode = Literal["online", "offline"]
 # A migration's name, and what names one in a URL or a request: its id (`mig-` and 10 letters) or its name.

@@ -20,12 +20,13 @@ from anyio import to_thread
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ferry.core.errors import FerryError
 from ferry.core.migration import State
 from ferry.core.redact import redact_location
 from ferry.service import workflow_io as io
-from ferry.service.contracts import MigrationRecord, StateStore
+from ferry.service.contracts import MigrationRecord, StateStore, WorkflowEnded
 from ferry.service.workflows import MigrationWorkflow
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,16 @@ class TemporalOrchestrator:
 
     async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
         attempt = attempt or await self._attempt(migration_id)
-        await self.handle(migration_id).signal(
-            MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt, drop=drop)
-        )
+        try:
+            await self.handle(migration_id).signal(
+                MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt, drop=drop)
+            )
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:  # "workflow execution already completed"
+                raise WorkflowEnded(
+                    f"the workflow of '{migration_id}' has ended", "see its state and events"
+                ) from None
+            raise
 
     async def _attempt(self, migration_id: str) -> int:
         record = await to_thread.run_sync(self.store.get, migration_id)

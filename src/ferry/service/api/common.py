@@ -12,7 +12,7 @@ from anyio import to_thread
 
 from ferry.core.redact import redact_location, redact_text, redact_value
 from ferry.service.api.errors import ApiError, log
-from ferry.service.contracts import Event, MigrationRecord, Orchestrator, StateStore
+from ferry.service.contracts import Event, MigrationRecord, Orchestrator, StateStore, WorkflowEnded
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,6 +90,8 @@ async def one(service: Service, ref: str) -> MigrationRecord:
 async def orchestrate(what: str, call: Awaitable[None]) -> None:
     try:
         await call
+    except WorkflowEnded:
+        raise  # not the orchestrator's failure: the route answers it from the migration's state
     except Exception as exc:
         message = redact_text(str(exc))
         log.warning("orchestrator refused to %s: %s", what, message)

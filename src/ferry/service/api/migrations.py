@@ -21,7 +21,7 @@ from ferry.core.redact import redact_text
 from ferry.service.api.common import Service, db, one, orchestrate, record_json
 from ferry.service.api.errors import ApiError, log, responses
 from ferry.service.api.models import CreateBody, MigrationIn, MigrationList, MigrationOne
-from ferry.service.contracts import MigrationRecord
+from ferry.service.contracts import MigrationRecord, WorkflowEnded
 from ferry.service.store import StateConflict
 from ferry.stores.registry import check_location
 
@@ -78,8 +78,20 @@ def router(service: Service) -> APIRouter:
                 f"see its state and events: `ferry migrations show {record.id}`",
                 {"state": record.state.value},
             )
-        call = service.orchestrator.cancel(record.id, record.attempt, drop=drop)
-        await orchestrate(f"cancel '{record.name}'", call)
+        try:
+            call = service.orchestrator.cancel(record.id, record.attempt, drop=drop)
+            await orchestrate(f"cancel '{record.name}'", call)
+        except WorkflowEnded:
+            # It ended between the read above and the signal (or ended without recording it): nothing
+            # left to cancel, which is the caller's state problem, not the orchestrator's.
+            now = await one(service, migration_id)
+            raise ApiError(
+                409,
+                "wrong_state",
+                f"cannot cancel '{now.name}': its workflow has ended ({now.state.value})",
+                f"see its state and events: `ferry migrations show {now.id}`",
+                {"state": now.state.value},
+            ) from None
         asked = {"by": "api", "drop": drop}
         await db(service.store.append_event, record.id, "info", "cancel requested", asked)
         return {"migration": record_json(record)}
@@ -137,7 +149,7 @@ def router(service: Service) -> APIRouter:
         status_code=202,
         response_model=MigrationOne,
         response_model_exclude_unset=True,
-        responses=responses(401, 404, 409, 503),
+        responses=responses(400, 401, 404, 409, 503),
         summary="Cancel a migration",
     )
     add(
