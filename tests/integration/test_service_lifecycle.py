@@ -159,15 +159,6 @@ def start_serve(
     return proc, port, temporal_port, out
 
 
-def stop_serve(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as a service manager stops it; a kill when it does not end within a minute."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def wait_line(
     path: Path, needle: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60
 ) -> str:
@@ -237,7 +228,11 @@ def served(root: Path) -> Iterator[Served]:
         yield Served(data, port, tport, token, proc, out, api)
     finally:
         api.close()
-        stop_serve(proc)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         stop_targets(data / "targets")
 
 

@@ -4,14 +4,13 @@ Server source (on the restore model, tests/mssql_model/), and the console refuse
 without the token.
 
 One server for the module (`xdist_group`: every test of it runs on one worker), with two targets: `pg`, a
-local PostgreSQL target folder, and `sql`, the SQL Server model (when the backup corpus is here).
+local PostgreSQL target folder, and `ms`, the SQL Server model (when the backup corpus is here), as the
+service's SQL Server tests start them (mssqlservice.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,12 @@ import pytest
 from ferry.engines.postgres.target import PostgresTarget
 from tests.conftest import corpus_root
 from tests.integration.browser import chromium, shoot
-from tests.integration.mssqlrig import DB, RTC_FULL, RTC_LOGS
+from tests.integration.mssqlservice import RTC, RTC_BASE, RTC_LOGS, serve_with_model, stop
 from tests.integration.pgsource import make_root, require_postgres
 from tests.integration.test_service_lifecycle import (
     count,
     make_source,
     start_serve,
-    stop_serve,
     stop_targets,
     switch,
     token_from,
@@ -47,7 +45,7 @@ LONG = 150_000  # ms: a migration step on a loaded machine (only ever waited for
 class Console:
     base: str
     token: str
-    data: Path
+    targets: Path  # the PostgreSQL target's folder
     sql_store: Path | None  # the SQL Server source's store, when the corpus is here
     sql_state: Path | None  # the model's state folder
     api: Any  # httpx.Client with the token
@@ -67,38 +65,27 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def console(root: Path) -> Iterator[Console]:
-    data = root / "data"
-    extra = ["--target", f"pg={data / 'targets'}:2"]
-    model = sql_store = sql_state = None
-    with pytest.MonkeyPatch.context() as env:
-        if corpus_root() is not None:
-            from tests.mssql_model.testing import PASSWORDS, start_model
-
-            sql_state, sql_store = root / "model", root / "sql-store"
-            sql_store.mkdir()
-            for name in (*RTC_FULL, *RTC_LOGS):
-                shutil.copy2(corpus_root() / "RestoreTimeClean" / name, sql_store / name)  # type: ignore[operator]
-            model = start_model(sql_state)
-            os.symlink(sql_store, sql_state / "fs" / "store")  # the target sees the store as /store
-            env.setenv("FERRY_MSSQL_PASSWORD", PASSWORDS["sa"])
-            extra += [
-                "--target",
-                f"sql=mssql://sa@127.0.0.1:{model.port}",
-                "--backup-path-as",
-                f"{sql_store}=/store",
-            ]
-        proc, port, _, out = start_serve(data, *extra)
-    token = token_from(out.read_text())
-    base = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    """`ferry serve` with targets `pg` and, when the corpus is here, `ms` (the SQL Server model)."""
+    targets = root / "pg-targets"
     try:
-        yield Console(base, token, data, sql_store, sql_state, api)
+        if corpus_root() is not None:
+            for ms in serve_with_model(root, targets):
+                store = ms.store("rtc")
+                ms.add(store, *RTC_BASE, *RTC_LOGS)
+                s = ms.served
+                yield Console(f"http://127.0.0.1:{s.port}", s.token, targets, store, ms.state, s.api)
+            return
+        proc, port, _, out = start_serve(root / "data", "--target", f"pg={targets}:2")
+        token = token_from(out.read_text())
+        base = f"http://127.0.0.1:{port}"
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        try:
+            yield Console(base, token, targets, None, None, api)
+        finally:
+            api.close()
+            stop(proc)
     finally:
-        api.close()
-        stop_serve(proc)
-        stop_targets(data / "targets")
-        if model is not None:
-            model.stop()
+        stop_targets(targets)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +169,7 @@ def test_a_postgresql_migration_from_the_browser(root: Path, console: Console, p
         shoot(page, "pg-succeeded")
         m = console.migration(mid)
         assert m["state"] == "Succeeded" and m["status"]["result"]["downtime_seconds"] >= 0
-        assert count(PostgresTarget.open(console.data / "targets" / mid)) == count(src.cluster)
+        assert count(PostgresTarget.open(console.targets / mid)) == count(src.cluster)
 
         page.get_by_role("link", name="Dashboard").click()
         page.get_by_role("heading", name="Load per target").wait_for()
@@ -196,7 +183,7 @@ def test_a_sql_server_migration_from_the_browser(console: Console, page: Any) ->
         pytest.skip("SQL Server backup corpus not found: set FERRY_SQLSERVER_CORPUS")
     from tests.mssql_model.client import ModelClient
 
-    mid = start_from_new_page(page, console, console.sql_store, DB, "sql")
+    mid = start_from_new_page(page, console, console.sql_store, RTC, "ms")
     wait_state(page, "Ready for cutover")
     files = page.locator("table.files")
     assert files.get_by_text("RestoreTimeClean.bak").first.is_visible()
@@ -214,7 +201,7 @@ def test_a_sql_server_migration_from_the_browser(console: Console, page: Any) ->
     shoot(page, "sql-succeeded")
     m = console.migration(mid)
     assert m["state"] == "Succeeded" and m["status"]["result"]["lsn_proof"] is True
-    assert ModelClient(console.sql_state).db_state(DB) == "ONLINE"
+    assert ModelClient(console.sql_state).db_state(RTC) == "ONLINE"
 
 
 def test_the_console_refuses_to_work_without_the_token(browser: Any, console: Console) -> None:
