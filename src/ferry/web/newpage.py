@@ -54,7 +54,10 @@ def routes(
             "scanned": None,
         }
         if pending and isinstance(pending.get("plan"), Mapping):
-            context["scanned"] = scanned(pending["plan"], targets)
+            context["scanned"] = found = scanned(pending["plan"], targets)
+            # The targets of the engines found come first: the one preselected fits the databases.
+            engines = {db["engine"] for db in found["databases"]}
+            context["targets"] = sorted(targets, key=lambda t: t.get("engine") not in engines)
         return console.render("new.html", session, nav="new", **context)
 
     async def scan(request: Request, api: ApiClient, session: Session) -> Response:
