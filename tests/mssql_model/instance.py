@@ -32,6 +32,9 @@ class Config:
     logins: list[str] = field(default_factory=lambda: [DEFAULT_LOGIN])
     restore_mbps: float = 200.0
     min_restore_seconds: float = 0.05
+    # Seconds a RESTORE of a kind ("FULL", "DIFF", "LOG") takes at least, whatever its size: crash tests
+    # set it on a running model so that a kill lands in the middle of the statement they choose.
+    hold: dict[str, float] = field(default_factory=dict)
     free_bytes: dict[str, int] = field(default_factory=dict)
     default_free_bytes: int = 1 << 40
     fs_root: Path | None = None
