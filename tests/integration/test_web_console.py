@@ -107,11 +107,12 @@ def page(browser: Any, console: Console) -> Iterator[Any]:
         context.close()
 
 
-def sign_in(page: Any, console: Console, token: str | None = None) -> None:
+def sign_in(page: Any, console: Console) -> None:
     page.goto(console.base + "/")
     assert "/console/login" in page.url
-    page.get_by_label("API token").fill(token or console.token)
+    page.get_by_label("API token").fill(console.token)
     page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for()  # the page after the sign-in, loaded
 
 
 def start_from_new_page(
