@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, corpus_root
-from tests.integration.test_service_lifecycle import Served, start_serve, token_from
+from tests.integration.test_service_lifecycle import Served, start_serve, stop_serve, token_from
 from tests.mssql_model.client import ModelClient
 from tests.mssql_model.server import ModelServer
 from tests.mssql_model.testing import PASSWORDS, start_model
@@ -166,7 +165,7 @@ def serve_with_model(root: Path, pg_root: Path | None = None, concurrency: int =
             yield MssqlServed(served, model, state, stores, args)
         finally:
             api.close()
-            stop(served.proc)
+            stop_serve(served.proc)
     finally:
         model.stop()
 
@@ -180,13 +179,3 @@ def postgres_usable() -> bool:
     except pytest.skip.Exception:
         return False
     return True
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

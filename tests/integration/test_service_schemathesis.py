@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import corpus_root
-from tests.integration.test_service_lifecycle import start_serve, token_from
+from tests.integration.test_service_lifecycle import start_serve, stop_serve, token_from
 from tests.mssql_model.testing import PASSWORDS, start_model
 
 httpx = pytest.importorskip("httpx")
@@ -57,11 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         refs = [*ids, "db0", "db1", "rtc"]
         yield {"root": root, "port": port, "token": token, "refs": refs, "out": out, "store": store}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
         model.stop()
 
 
