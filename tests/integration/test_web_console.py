@@ -21,12 +21,13 @@ import pytest
 from ferry.engines.postgres.target import PostgresTarget
 from tests.conftest import corpus_root
 from tests.integration.browser import chromium, shoot
-from tests.integration.mssqlservice import RTC, RTC_BASE, RTC_LOGS, serve_with_model, stop
+from tests.integration.mssqlservice import RTC, RTC_BASE, RTC_LOGS, serve_with_model
 from tests.integration.pgsource import make_root, require_postgres
 from tests.integration.test_service_lifecycle import (
     count,
     make_source,
     start_serve,
+    stop_serve,
     stop_targets,
     switch,
     token_from,
@@ -83,7 +84,7 @@ def console(root: Path) -> Iterator[Console]:
             yield Console(base, token, targets, None, None, api)
         finally:
             api.close()
-            stop(proc)
+            stop_serve(proc)
     finally:
         stop_targets(targets)
 
