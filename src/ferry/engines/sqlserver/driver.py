@@ -250,6 +250,7 @@ class SqlServerMigrator:
             rep = StatusReporter(ctx.report, State.CUTTING_OVER, "cutting over", {"database": st.database})
             a = Applier(job, st, s, t, ctx, rep)
             last = self._apply_rest(job, st, a, request)
+            a.forget_position()  # the proof reads the target's restore history now, never a cached one
             view, pos = a.look()
             result = self._proof(st, pos, last, request)
             if not result["lsn_proof"]:
