@@ -92,11 +92,12 @@ async def mssql_run(root: Path, store: Path, names: list[str], verbose: bool) ->
             location=f"mssql://sa@127.0.0.1:{port}", options={"backup_path_as": [f"{store}=/store"]},
         )  # fmt: skip
         reqs = [MigrationRequest(str(store), "ms", "online", name, database=name) for name in names]
-        return await lifecycle_run(root / "run", cfg, reqs, [None] * len(names), verbose)
+        result = await lifecycle_run(root / "run", cfg, reqs, [None] * len(names), verbose)
     finally:
         model.terminate()  # it writes its state file as it stops
         model.wait(30)
-        check_restored(root / "model", names)
+    check_restored(root / "model", names)
+    return result
 
 
 async def part_mssql(
