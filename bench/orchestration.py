@@ -219,7 +219,9 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
     require_postgres()
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    print(f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, real agent workers ==")
+    print(
+        f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, onto a target served by a `ferry agent` process =="
+    )
     t0 = time.perf_counter()
     with ThreadPoolExecutor(min(4, n)) as pool:
         made = list(pool.map(lambda i: make_source(root / f"db{i:02d}"), range(n)))
