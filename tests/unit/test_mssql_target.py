@@ -180,3 +180,11 @@ def test_a_caught_up_migration_asks_the_target_only_when_something_may_have_chan
     now[0] += apply.RECHECK_SECONDS
     assert a._position(("full", "log1", "log2")) == "position 4"  # someone may restore by hand
     assert asked == ["Sales"] * 4
+
+
+def test_only_engines_whose_stores_hold_many_databases_share_one_view_of_a_store() -> None:
+    """SQL Server migrations of one store share an incremental listing; a PostgreSQL store (one cluster) is
+    read whole by its migration, special files and all, as `ferry migrate` reads it."""
+    from ferry.pipeline.sources import shares_stores
+
+    assert shares_stores("sqlserver") and not shares_stores("postgres")
