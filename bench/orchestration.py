@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (report lines are kept whole so the printed table reads as it is laid out)
 """Benchmark: what Ferry's orchestration (Temporal workflows, the state store, the orchestrator) costs per database.
 
-    .venv/bin/python bench/orchestration.py [--sources 20] [--noop 1000] [--noop-concurrency 4]
+    .venv/bin/python bench/orchestration.py [--sources 20] [--mssql 200] [--noop 1000] [--noop-concurrency 4] [--runs 5]
 
 Everything runs against a real embedded Temporal dev server (`temporal server start-dev`, as `ferry serve`
 starts it), Ferry's real MigrationWorkflow, its real control activities (record_state / record_event) on a
@@ -10,8 +10,8 @@ real SQLite state store, and the real TemporalOrchestrator; migrations are creat
 orchestrator.cutover per migration, all at once).
 
 1. `--sources` small real PostgreSQL sources (a few thousand rows, fsync=off, WAL archived with
-   `ferry wal-push`, an lz4 `pg_basebackup`), migrated online onto a local target served by the real agent
-   workers. Timed: bulk create -> all ReadyForCutover, bulk cutover -> all Succeeded. Per database, the
+   `ferry wal-push`, an lz4 `pg_basebackup`), migrated online onto a local target served by a real
+   `ferry agent` process, as `ferry serve` runs its local targets (bench/lifecycle.py). Timed: bulk create -> all ReadyForCutover, bulk cutover -> all Succeeded. Per database, the
    orchestration overhead is the sum of the gaps in which none of its steps ran (from the timestamps of
    its state and "step" events): create -> validate started, validate finished -> RestoringFull
    recorded, restore_base finished -> replay started, cutover request -> cutover step started, cutover
@@ -22,6 +22,9 @@ orchestrator.cutover per migration, all at once).
    task queues with activities of the real names and types that return at once (they still write their
    "step" event and, for replay, the ReadyForCutover flip and its progress signal, as the real ones do).
    Timed: create+start -> all ReadyForCutover (online) -> bulk cutover -> all Succeeded.
+3. `--mssql` SQL Server databases in one store (copies of a corpus database), online onto the SQL Server
+   restore model through a real `ferry agent` process: the same lifecycle and gaps as part 1, beside
+   Azure's published figures (bench/orchestration_mssql.py).
 
 Reference: Azure DMS's published figure of about 3 minutes per database (not measured here). Targets:
 <= 1 s orchestration overhead per database; the --noop migrations finished within 60 s. Exit code 0
@@ -33,14 +36,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import os
 import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -50,11 +51,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.integration.pgsource`
 
+from bench.lifecycle import Cpu, StoreMeter, cpu_line, lifecycle_run, state_times, wait_all
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from ferry.agent.worker import prepare_root, register, running, target_workers
+from ferry.agent.worker import running
 from ferry.core.migration import State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.target import PostgresTarget
@@ -90,7 +92,13 @@ def main() -> int:
     rows: list[tuple[str, float, str, str]] = []
     try:
         if args.sources:
-            rows += asyncio.run(part_pg(root / "pg", args.sources, args.runs, args.keep))
+            rows += asyncio.run(
+                part_pg(root / "pg", args.sources, args.runs, args.keep, args.compare_in_process)
+            )
+        if args.mssql:
+            from bench.orchestration_mssql import part_mssql
+
+            rows += asyncio.run(part_mssql(root / "mssql", args.corpus, args.mssql, args.runs, args.keep))
         if args.noop:
             rows += noop_runs(root, args)
         summary(rows)
@@ -146,6 +154,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sources", type=int, default=20, help="real PostgreSQL sources (default 20; 0 skips)")
     p.add_argument("--noop", type=int, default=1000, help="no-op migrations (default 1000; 0 skips)")
     p.add_argument(
+        "--mssql",
+        type=int,
+        default=200,
+        help="SQL Server databases on the restore model (default 200; 0 skips)",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(
+            os.environ.get("FERRY_SQLSERVER_CORPUS") or BENCH.parent.parent / "shared" / "sqlserver-backups"
+        ),
+        help="the SQL Server backup corpus (FERRY_SQLSERVER_CORPUS; default ../shared/sqlserver-backups)",
+    )
+    p.add_argument(
         "--noop-concurrency",
         type=int,
         default=DEFAULT_CONCURRENCY,
@@ -160,6 +182,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--noop-timeout", type=float, default=600, help="give up on part 2 after this many s (600)"
     )
+    p.add_argument(
+        "--compare-in-process",
+        action="store_true",
+        help="part 1 also with the agent's workers in the benchmark's process, interleaved, for a comparison",
+    )
     p.add_argument("--runs", type=int, default=5, help="timed runs of each part (default 5; medians)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (servers are stopped anyway)")
     return p.parse_args()
@@ -167,97 +194,6 @@ def parse_args() -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------
 # Shared: the Temporal dev server, the control worker, timing helpers.
-
-
-class StoreMeter:
-    """Wraps the store's write methods: how many calls and how many seconds (summed over threads)."""
-
-    def __init__(self, store: SqlStateStore) -> None:
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.seconds = 0.0
-        for name in ("set_state", "set_status", "append_event"):
-            setattr(store, name, self._wrap(getattr(store, name)))
-
-    def _wrap(self, fn: Any) -> Any:
-        @functools.wraps(fn)
-        def timed(*a: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                with self.lock:
-                    self.calls += 1
-                    self.seconds += dt
-
-        return timed
-
-    def snap(self) -> tuple[int, float]:
-        with self.lock:
-            return self.calls, self.seconds
-
-
-class Cpu:
-    """CPU seconds of this process and of the Temporal server over a phase."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.t0 = self._now()
-
-    def _now(self) -> tuple[float, float, float]:
-        tck = os.sysconf("SC_CLK_TCK")
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        temporal = (int(fields[11]) + int(fields[12])) / tck
-        return time.perf_counter(), time.process_time(), temporal
-
-    def done(self) -> tuple[float, float, float]:
-        w1, p1, t1 = self._now()
-        w0, p0, t0 = self.t0
-        return w1 - w0, p1 - p0, t1 - t0
-
-
-async def wait_all(store: SqlStateStore, ids: list[str], want: State, timeout: float) -> None:
-    wanted = set(ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        records = [r for r in await asyncio.to_thread(store.find) if r.id in wanted]
-        bad = [r for r in records if r.state in FINAL and r.state is not want]
-        if bad:
-            raise SystemExit(f"error: {bad[0].name} ended {bad[0].state.value}: {bad[0].error}")
-        if sum(r.state is want for r in records) == len(ids):
-            return
-        if time.monotonic() > deadline:
-            counts: dict[str, int] = {}
-            for r in records:
-                counts[r.state.value] = counts.get(r.state.value, 0) + 1
-            raise SystemExit(f"error: not all {want.value} within {timeout:.0f} s: {counts}")
-        await asyncio.sleep(POLL_S)
-
-
-def state_times(store: SqlStateStore, mid: str) -> dict[str, float]:
-    """When each state was first recorded (wall clock, seconds since the epoch)."""
-    out: dict[str, float] = {}
-    for e in store.events(mid):
-        if e.kind == "state":
-            out.setdefault(e.data["to"], e.at.timestamp())
-    return out
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def cpu_line(what: str, cpu: tuple[float, float, float], meter: tuple[int, float]) -> str:
-    wall, mine, temporal = cpu
-    cores = os.cpu_count() or 1
-    return (
-        f"  {what}: wall {wall:.1f} s on {cores} cores = {wall * cores:.1f} CPU-s available; used: Temporal "
-        f"server {temporal:.1f} CPU-s ({100 * temporal / max(wall * cores, 1e-9):.0f}%), this process "
-        f"(workflows in the sandbox, SDK, activities, SQLite) {mine:.1f} CPU-s "
-        f"({100 * mine / max(wall * cores, 1e-9):.0f}%); state-store writes: {meter[0]} calls, "
-        f"{meter[1]:.1f} s inside them (summed over threads)"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,13 +220,17 @@ def make_source(folder: Path) -> tuple[Any, str]:
     return src, lsn
 
 
-async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, float, str, str]]:
+async def part_pg(
+    root: Path, n: int, runs: int, keep: bool, compare: bool = False
+) -> list[tuple[str, float, str, str]]:
     from tests.integration.pgsource import require_postgres
 
     require_postgres()
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    print(f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, real agent workers ==")
+    print(
+        f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, onto a target served by a `ferry agent` process =="
+    )
     t0 = time.perf_counter()
     with ThreadPoolExecutor(min(4, n)) as pool:
         made = list(pool.map(lambda i: make_source(root / f"db{i:02d}"), range(n)))
@@ -299,7 +239,15 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
         f"segment was archived); {runs} runs, each with a fresh Temporal, state store and target"
     )
     results: list[dict[str, float]] = []
+    inside: list[float] = []
     for i in range(runs):
+        if compare:  # interleaved, so that both see the same load
+            before = await pg_run(root / f"inproc{i + 1}", made, verbose=False, in_process=True)
+            forget(root / f"inproc{i + 1}", keep)
+            inside.append(before["overhead"])
+            print(
+                f"  run {i + 1}, agent workers in the benchmark's process: overhead per DB median {before['overhead']:.2f} s"
+            )
         run = await pg_run(root / f"run{i + 1}", made, verbose=i == runs - 1)
         forget(root / f"run{i + 1}", keep)
         results.append(run)
@@ -315,6 +263,11 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
         f"  over {runs} runs: orchestration overhead per DB {over:.2f} s (median of the runs' medians; "
         f"runs: {each})"
     )
+    if inside:
+        print(
+            f"  the same runs with the agent's workers in the benchmark's process: {statistics.median(inside):.2f} s "
+            f"(runs: {', '.join(f'{x:.2f}' for x in inside)})"
+        )
     return [
         (
             f"1. {n} PostgreSQL DBs: orchestration overhead per DB (median)",
@@ -326,120 +279,17 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
     ]
 
 
-async def pg_run(root: Path, made: list[tuple[Any, str]], verbose: bool) -> dict[str, float]:
-    """One bulk migration of the sources onto a fresh target; the run's medians (details if `verbose`)."""
-    n = len(made)
-    root.mkdir(mode=0o755)
-    os.chmod(root, 0o755)
-    store = SqlStateStore(f"sqlite:///{root / 'state.db'}")
-    meter = StoreMeter(store)
-    dev = DevServer(root / "temporal")
+async def pg_run(
+    root: Path, made: list[tuple[Any, str]], verbose: bool, in_process: bool = False
+) -> dict[str, float]:
+    """One bulk migration of the sources onto a fresh target served by its own agent process (or, for a
+    comparison, by workers in this process)."""
     cfg = TargetConfig("pg", root / "targets", DEFAULT_CONCURRENCY)
+    reqs = [MigrationRequest(str(s.store), "pg", "online", f"db{i:02d}") for i, (s, _) in enumerate(made)]
     try:
-        client = await dev.start()
-        assert dev.process is not None
-        prepare_root(cfg)
-        register(store, cfg)
-        orch = TemporalOrchestrator(client, store)
-        async with running([control_worker(client, store), *target_workers(client, store, cfg)]):
-            cpu = Cpu(dev.server_pid or dev.process.pid)
-            created_at = time.time()
-            c0 = time.perf_counter()
-            reqs = [
-                MigrationRequest(str(s.store), "pg", "online", f"db{i:02d}") for i, (s, _) in enumerate(made)
-            ]
-            records = await asyncio.to_thread(store.create, reqs)
-            await orch.start(records)
-            create_s = time.perf_counter() - c0
-            ids = [r.id for r in records]
-            await wait_all(store, ids, State.READY_FOR_CUTOVER, timeout=600)
-            ready_poll = time.perf_counter() - c0
-            cut_at = time.time()
-            c1 = time.perf_counter()
-            await asyncio.gather(
-                *(orch.cutover(r.id, lsn) for r, (_, lsn) in zip(records, made, strict=True))
-            )
-            signal_s = time.perf_counter() - c1
-            await wait_all(store, ids, State.SUCCEEDED, timeout=600)
-            use = cpu.done()
-        stats = meter.snap()
-        per: list[dict[str, float]] = []
-        for r in records:
-            st = state_times(store, r.id)
-            steps = {e.data["step"]: e.data for e in store.events(r.id) if e.kind == "step"}
-            began = {k: _ts(d["started_at"]) for k, d in steps.items() if "started_at" in d}
-            ended = {k: _ts(d["finished_at"]) for k, d in steps.items() if "finished_at" in d}
-            gaps = {
-                "g_start": began["validate"] - created_at,
-                "g_validated": st["RestoringFull"] - ended["validate"],
-                "g_restored": began["replay"] - ended["restore_base"],
-                "g_cutover": began["cutover"] - cut_at,
-                "g_done": st["Succeeded"] - ended["cutover"],
-            }
-            per.append(
-                {
-                    **gaps,
-                    "ready": st["ReadyForCutover"] - created_at,
-                    "done": st["Succeeded"] - cut_at,
-                    "overhead": sum(gaps.values()),
-                    "restore": steps["restore_base"]["seconds"],
-                    "validate": steps["validate"]["seconds"],
-                    "cutover": steps["cutover"]["seconds"],
-                    "replay_stop": steps["cutover"].get("replay_stop_seconds", float("nan")),
-                    "slot_wait": began["restore_base"] - st["RestoringFull"],
-                    "downtime": r2.status["result"]["downtime_seconds"]
-                    if (r2 := store.get(r.id))
-                    else float("nan"),
-                }
-            )
-        ready_s = max(p["ready"] for p in per)
-        done_s = max(p["done"] for p in per)
+        return await lifecycle_run(root, cfg, reqs, [lsn for _, lsn in made], verbose, in_process)
     finally:
-        dev.stop()
         stop_targets(cfg.root)
-        store.close()
-
-    def med(k: str) -> str:
-        v = [p[k] for p in per]
-        return f"median {statistics.median(v):6.2f} s  (min {min(v):.2f}, max {max(v):.2f})"
-
-    result = {
-        "overhead": statistics.median(p["overhead"] for p in per),
-        "ready": ready_s,
-        "done": done_s,
-        "downtime": statistics.median(p["downtime"] for p in per),
-        "wall": (cut_at - created_at) + done_s,
-    }
-    if not verbose:
-        return result
-    print(
-        f"  the last run in detail: create+start of {n} (store.create + orchestrator.start): {create_s:.2f} s"
-    )
-    print(
-        f"  bulk create -> all ReadyForCutover: {ready_s:.1f} s (last state event; poll saw it at {ready_poll:.1f} s)"
-    )
-    print(f"  bulk cutover ({n} signals sent in {signal_s:.2f} s) -> all Succeeded: {done_s:.1f} s")
-    print("  per database (from its events):")
-    print(f"    create -> ReadyForCutover      {med('ready')}")
-    print(f"    cutover request -> Succeeded   {med('done')}")
-    print(f"    validate step                  {med('validate')}")
-    print(f"    restore_base step              {med('restore')}")
-    print(
-        f"    waiting for a restore slot     {med('slot_wait')}  (RestoringFull recorded -> restore_base started; {cfg.concurrency} slots)"
-    )
-    print(f"    cutover step                   {med('cutover')}")
-    print(f"    downtime (result)              {med('downtime')}")
-    print(f"    (of which stopping the replay  {med('replay_stop')})")
-    print("    orchestration gaps (time no step of the database ran, and it waited for no slot):")
-    print(f"      create -> validate started          {med('g_start')}")
-    print(f"      validate done -> RestoringFull     {med('g_validated')}")
-    print(f"      restore done -> replay started      {med('g_restored')}")
-    print(f"      cutover request -> cutover started  {med('g_cutover')}")
-    print(f"      cutover done -> Succeeded recorded  {med('g_done')}")
-    print(f"    ORCHESTRATION OVERHEAD = their sum  {med('overhead')}")
-    print("      (the wait for a restore slot is the target's concurrency limit, shown above, not counted)")
-    print(cpu_line("CPU over both phases", use, stats))
-    return result
 
 
 def stop_targets(targets: Path) -> None:

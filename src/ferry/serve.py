@@ -1,7 +1,12 @@
-"""`ferry serve`: everything in one process, put together here, above the service and the agent it wires
+"""`ferry serve`: the whole service on one host, put together here, above the service and the agent it wires
 up (the composition root). The state store, the API token, a local Temporal dev server
 (unless `--temporal HOST:PORT`), an in-process worker for the control queue (the workflows and their
-bookkeeping) and one agent per local target, and the REST API on uvicorn.
+bookkeeping), the REST API on uvicorn, and one `ferry agent` process per local target (agent/local.py:
+restores and scans never share this interpreter with the workflows).
+
+Local targets are `--target NAME=ROOT[:N]` (PostgreSQL: a folder) or
+`--target NAME=mssql://USER@HOST[:PORT][/INSTANCE][:N]` (SQL Server: an instance this host reaches; N, the
+restores at once, follows the port, so `mssql://sa@sql01:1433:8` is port 1433 and 8 at once).
 
 The data folder (default: FERRY_HOME, else ~/.local/share/ferry) holds:
 
@@ -14,6 +19,8 @@ DATA/temporal.db         the embedded Temporal's SQLite file (workflows survive 
 DATA/temporal.pid        the embedded Temporal's pid and port while it runs
 DATA/log/temporal.log    its log
 DATA/targets/<id>/       the default local target: one folder per migration (engines/postgres/target.py)
+DATA/sqlserver/          the work folders of SQL Server migrations (engines/sqlserver/workdir.py)
+DATA/agent-NAME.ready    while the local agent of target NAME serves its queues
 ```
 
 PostgreSQL target servers run as an unprivileged OS user, which must reach the target folders: when a
@@ -34,7 +41,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,11 +78,28 @@ class ServeOptions:
     save_token: bool = False
     os_user: str | None = None  # of the default target (DATA/targets) when no --target is given
     replay: ReplaySettings = field(default_factory=ReplaySettings)  # of every target served here
+    scan_timeout: float = 600.0  # seconds a scan of POST /api/v1/scans may run before it is stopped
 
 
-def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetConfig | str:
-    """`NAME=ROOT[:CONCURRENCY]`: a target served here, its migrations in ROOT/<id>, at most CONCURRENCY
-    restores at once (default 4). `NAME`: a target served by `ferry agent` on its own host."""
+def backup_path_mappings(values: list[str]) -> list[str]:
+    """`--backup-path-as LOCAL=TARGET`: how SQL Server instances see the stores (LOCAL made absolute)."""
+    from ferry.engines.sqlserver.settings import parse_mapping
+
+    out = []
+    for value in values:
+        local, target = parse_mapping(value)
+        local = local if "://" in local else Path(os.path.abspath(local)).as_posix()
+        out.append(f"{local}={target}")
+    return out
+
+
+def parse_target(
+    text: str, data: Path, os_user: str | None = None, backup_path_as: list[str] | None = None
+) -> TargetConfig | str:
+    """`NAME=ROOT[:CONCURRENCY]`: a PostgreSQL target served here, its migrations in ROOT/<id>;
+    `NAME=mssql://USER@HOST[:PORT][/INSTANCE][:CONCURRENCY]`: a SQL Server instance reached from here, its
+    migrations' work folders in DATA/sqlserver. At most CONCURRENCY full restores at once (default 4).
+    `NAME`: a target served by `ferry agent` on its own host."""
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not name or not all(c.isalnum() or c in "._-" for c in name):
@@ -85,6 +109,8 @@ def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetCon
         )
     if not sep:
         return name
+    if rest.strip().lower().startswith("mssql://"):
+        return _sqlserver_target(name, rest.strip(), data, backup_path_as or [])
     root_text, concurrency = rest, DEFAULT_CONCURRENCY
     head, colon, tail = rest.rpartition(":")
     if colon and tail.isdigit():
@@ -96,29 +122,45 @@ def parse_target(text: str, data: Path, os_user: str | None = None) -> TargetCon
     return TargetConfig(name, Path(os.path.abspath(root_text)), concurrency, os_user, socket.gethostname())
 
 
-class StoreTargets(Mapping[str, Any]):
-    """The API's view of the known targets, read from the store at each use (agents register themselves)."""
+def split_concurrency(url: str) -> tuple[str, int | None]:
+    """`mssql://USER@HOST[:PORT][/INSTANCE][:N]` into the instance's URL and N. The first `:digits` after
+    the host is the port; a second one, or one after the instance's name, is N."""
+    scheme, _, after = url.partition("://")
+    netloc, slash, instance = after.partition("/")
+    if slash:
+        head, colon, tail = instance.rpartition(":")
+        if colon and tail.isdigit():
+            return f"{scheme}://{netloc}/{head}", int(tail)
+        return url, None
+    host = netloc.rpartition("@")[2].rpartition("]")[2]  # after an [IPv6] literal
+    if host.count(":") >= 2:
+        head, _, tail = netloc.rpartition(":")
+        if tail.isdigit():
+            return f"{scheme}://{head}", int(tail)
+    return url, None
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
 
-    def _load(self) -> dict[str, Any]:
-        from ferry.service.api import TargetInfo
+def _sqlserver_target(name: str, text: str, data: Path, backup_path_as: list[str]) -> TargetConfig:
+    from ferry.engines.sqlserver.connection import TargetUrl
 
-        known: dict[str, dict[str, Any]] = self.store.targets()
-        return {
-            name: TargetInfo(name, "postgres", data.get("host"), str(data.get("description", "")))
-            for name, data in known.items()
-        }
-
-    def __getitem__(self, name: str) -> Any:
-        return self._load()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
+    location, concurrency = split_concurrency(text)
+    url = TargetUrl.parse(location)  # a usage error names what is wrong with it, before anything starts
+    if concurrency is not None and concurrency < 1:
+        raise UsageError(
+            f"--target '{name}={text}': the concurrency must be at least 1",
+            "e.g. NAME=mssql://sa@sql01:1433:4",
+        )
+    options = {"backup_path_as": backup_path_mappings(backup_path_as)} if backup_path_as else {}
+    return TargetConfig(
+        name,
+        data / "sqlserver",
+        concurrency or DEFAULT_CONCURRENCY,
+        None,
+        socket.gethostname(),
+        engine="sqlserver",
+        location=str(url),
+        options=options,
+    )
 
 
 def _private_file(path: Path) -> None:
@@ -148,8 +190,9 @@ class Service:
         self.address: str | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        from ferry.agent.worker import on_signals, prepare_root, register, running, target_workers
-        from ferry.service.api import create_app
+        from ferry.agent.local import LocalAgents, Reach
+        from ferry.agent.worker import on_signals, prepare_root, register, running
+        from ferry.service.api import ScanJobs, StoreTargets, create_app
         from ferry.service.auth import TokenVerifier, ensure_token, reset_token, save_token
         from ferry.service.codec import KEY_FILE, create_key, load_key
         from ferry.service.control import control_worker
@@ -207,39 +250,51 @@ class Service:
                     )
             stop = stop or on_signals()
             workers = [control_worker(client, store)]
-            if opts.local_agent:
-                for cfg in opts.targets:
-                    workers += target_workers(client, store, cfg)
+            tls = dev.tls if dev is not None and dev.tls is not None else opts.temporal_tls
+            reach = Reach(str(self.address), opts.codec_key or opts.data / KEY_FILE, url, opts.namespace, tls)
+            agents = LocalAgents(opts.targets if opts.local_agent else [], reach, opts.data)
             orchestrator = TemporalOrchestrator(client, store)
-            app = create_app(store, orchestrator, TokenVerifier(opts.data), StoreTargets(store))
+            app = create_app(store, orchestrator, TokenVerifier(opts.data), StoreTargets(store),
+                             scan_jobs=ScanJobs(opts.scan_timeout))  # fmt: skip
             server = _Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                                             access_log=False, lifespan="off"))  # fmt: skip
             async with running(workers):
-                serving = asyncio.create_task(server.serve())
-                await _started(server, serving)
-                where = (
-                    f"embedded Temporal at {self.address} (TLS, client certificates in {opts.data / 'tls'}; "
-                    f"{opts.data / 'temporal.db'})"
-                    if dev
-                    else f"Temporal at {self.address}" + (" (TLS)" if opts.temporal_tls.active else "")
-                )
-                local = ", ".join(f"{t.name} ({t.root}, {t.concurrency} restores)" for t in opts.targets)
-                self.say(f"Ferry API on http://{opts.host}:{opts.port} · {where}")
-                self.say(
-                    f"targets: {local or 'none here'}"
-                    + (f" · remote: {', '.join(opts.remote_targets)}" if opts.remote_targets else "")
-                )
-                self.say("ready")
-                waiter = asyncio.create_task(stop.wait())
-                await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                server.should_exit = True
-                await serving
-                waiter.cancel()
-                self.say("stopping: API down, handing running steps back to Temporal")
+                try:
+                    await self._serve(server, agents, stop, dev is not None)
+                finally:
+                    await agents.stop()
         finally:
             if dev is not None:
                 dev.stop()
             store.close()
+
+    async def _serve(self, server: Any, agents: Any, stop: asyncio.Event, embedded: bool) -> None:
+        """Start the local agents and the API; serve until `stop`; then stop the API (the agents after)."""
+        opts = self.options
+        late = await agents.start()
+        if late:
+            self.say(f"warning: the agents of {', '.join(late)} are still starting")
+        serving = asyncio.create_task(server.serve())
+        await _started(server, serving)
+        where = (
+            f"embedded Temporal at {self.address} (TLS, client certificates in {opts.data / 'tls'}; "
+            f"{opts.data / 'temporal.db'})"
+            if embedded
+            else f"Temporal at {self.address}" + (" (TLS)" if opts.temporal_tls.active else "")
+        )
+        local = ", ".join(f"{t.name} ({t.where}, {t.concurrency} restores)" for t in opts.targets)
+        self.say(f"Ferry API on http://{opts.host}:{opts.port} · {where}")
+        self.say(
+            f"targets: {local or 'none here'}"
+            + (f" · remote: {', '.join(opts.remote_targets)}" if opts.remote_targets else "")
+        )
+        self.say("ready")
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await serving
+        waiter.cancel()
+        self.say("stopping: API down, handing running steps back to Temporal")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -22,6 +22,7 @@ from tests.integration.test_service_lifecycle import (
     count,
     make_source,
     start_serve,
+    stop_serve,
     stop_targets,
     switch,
     token_from,
@@ -68,15 +69,6 @@ def start_agent(
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _replay_resumed(served: Served, mid: str, killed_at: float) -> None:
@@ -137,7 +129,7 @@ def test_serve_killed_during_replay_resumes_and_loses_no_row(root: Path) -> None
         writer.stop()
         if api is not None:
             api.close()  # type: ignore[attr-defined]
-        _stop(proc)
+        stop_serve(proc)
         stop_targets(data / "targets")
         src.stop()
 
@@ -191,8 +183,8 @@ def test_agent_killed_during_restore_is_retried_and_restores_once(root: Path) ->
         api.close()
         for p in (first, second):
             if p is not None:
-                _stop(p)
-        _stop(proc)
+                stop_serve(p)
+        stop_serve(proc)
         stop_targets(targets)
         src.stop()
 
@@ -242,7 +234,7 @@ def test_serve_killed_during_restore_restores_once(root: Path) -> None:
         assert done["attempt"] == 1
     finally:
         api.close()
-        _stop(proc)
+        stop_serve(proc)
         stop_targets(data / "targets")
         src.stop()
 
@@ -306,7 +298,7 @@ def test_agent_killed_during_replay_resumes_on_a_new_agent(root: Path, state_pg:
         api.close()
         for p in (first, second):
             if p is not None:
-                _stop(p)
-        _stop(proc)
+                stop_serve(p)
+        stop_serve(proc)
         stop_targets(targets)
         src.stop()

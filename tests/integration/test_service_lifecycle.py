@@ -159,6 +159,17 @@ def start_serve(
     return proc, port, temporal_port, out
 
 
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (steps are handed back to Temporal), SIGKILL after a minute."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_line(
     path: Path, needle: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60
 ) -> str:
@@ -228,11 +239,7 @@ def served(root: Path) -> Iterator[Served]:
         yield Served(data, port, tport, token, proc, out, api)
     finally:
         api.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
         stop_targets(data / "targets")
 
 

@@ -223,11 +223,14 @@ def _stats_step(stmt: Restore) -> int | None:
 
 
 def _progress(
-    reply: Reply, instance: Instance, session: Session, stmt: Restore, size: int, command: str
+    reply: Reply, instance: Instance, session: Session, stmt: Restore, size: int, command: str, kind: str = ""
 ) -> float:
-    """Spend the simulated time of reading `size` bytes, sending STATS messages; returns seconds spent."""
+    """Spend the simulated time of reading `size` bytes (at least the hold of its kind), sending STATS
+    messages; returns seconds spent."""
     config = instance.config
-    duration = max(config.min_restore_seconds, size / (config.restore_mbps * 1_000_000))
+    duration = max(
+        config.min_restore_seconds, config.hold.get(kind, 0.0), size / (config.restore_mbps * 1_000_000)
+    )
     step = _stats_step(stmt)
     marks = list(range(step, 101, step)) if step else []
     session.command = command
@@ -266,7 +269,7 @@ def execute(reply: Reply, instance: Instance, session: Session, plan: rules.Plan
                 db.interrupted = str(backup.backup_set_guid).upper()
                 instance.save()
         size = backup.backup_size if backup else 0
-        seconds = _progress(reply, instance, session, plan.stmt, size, plan.label)
+        seconds = _progress(reply, instance, session, plan.stmt, size, plan.label, plan.kind)
         pages = 0
         for file, _path in plan.targets:
             file_pages = max(1, file.backup_size // 8192) if backup else 0

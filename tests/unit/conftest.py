@@ -22,7 +22,7 @@ from ferry.cli.main import app as cli_app
 from ferry.core.migration import State
 from ferry.service.api import TargetInfo, create_app
 from ferry.service.auth import TokenVerifier, ensure_token
-from ferry.service.contracts import MigrationRecord
+from ferry.service.contracts import MigrationRecord, WorkflowEnded
 from ferry.service.store import SqlStateStore
 
 with warnings.catch_warnings():
@@ -40,6 +40,7 @@ class RecordingOrchestrator:
 
     calls: list[tuple[str, Any]] = field(default_factory=list)
     down: bool = False
+    ended: set[str] = field(default_factory=set)  # migrations whose workflow has ended
 
     def _call(self, what: str, arg: Any) -> None:
         if self.down:
@@ -50,12 +51,21 @@ class RecordingOrchestrator:
         self._call("start", [r.id for r in records])
 
     async def cutover(
-        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+        self,
+        migration_id: str,
+        final_lsn: str | None = None,
+        attempt: int | None = None,
+        last_backup: str | None = None,
     ) -> None:
-        self._call("cutover", (migration_id, final_lsn))
+        self._call(
+            "cutover",
+            (migration_id, final_lsn) if last_backup is None else (migration_id, final_lsn, last_backup),
+        )
 
-    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
-        self._call("cancel", migration_id)
+    async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
+        if migration_id in self.ended:
+            raise WorkflowEnded(f"the workflow of '{migration_id}' has ended")
+        self._call("cancel", (migration_id, "drop") if drop else migration_id)
 
     async def retry(self, migration_id: str) -> None:
         self._call("retry", migration_id)

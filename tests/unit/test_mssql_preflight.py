@@ -60,6 +60,31 @@ def test_files_of_the_replaced_database_are_free() -> None:
     assert plan.moves["Sales"] == "C:\\Data\\Sales.mdf" and not plan.relocated
 
 
+def test_names_other_migrations_chose_are_taken_though_not_on_the_target_yet() -> None:
+    claimed = frozenset({"C:\\Logs\\Sales_log.ldf"})
+    plan = pf.plan_moves(FILES, "C:\\Data\\", "C:\\Logs\\", _facts(), {}, claimed=claimed)
+    assert plan.moves["Sales_log"] == "C:\\Logs\\Sales_log_2.ldf"
+
+
+def test_migrations_prepared_at_once_place_their_files_one_after_another(tmp_path: Path) -> None:
+    from ferry.engines.sqlserver.connection import TargetUrl
+    from ferry.engines.sqlserver.workdir import WorkFolder
+
+    url = TargetUrl.parse("mssql://sa@h:1433")
+    first, second = WorkFolder(tmp_path, url, "Sales"), WorkFolder(tmp_path, url, "Sales2")
+    with first.placing() as taken:
+        assert taken == set()
+        first.place({"Sales": "C:\\Data\\Sales.mdf"})
+    with second.placing() as taken:
+        assert taken == {"C:\\Data\\Sales.mdf"}
+    first.forget()  # as a new migration of the database does, just before it writes its claim
+    with second.placing() as taken:
+        assert taken == {"C:\\Data\\Sales.mdf"}, "still taken until the claim is written"
+    first.write_claim({"moves": {"Sales": "C:\\Data\\Sales.mdf", "Sales_log": "C:\\Logs\\S.ldf"}})
+    with second.placing() as taken:
+        assert taken == {"C:\\Data\\Sales.mdf", "C:\\Logs\\S.ldf"}
+
+
 def test_posix_paths_are_case_sensitive() -> None:
     facts = _facts(
         files=(FileRow(7, 1, 0, "x", "/data/sales.mdf", 0),), data_path="/data/", log_path="/data/"

@@ -283,12 +283,20 @@ def test_events_in_order_and_after_a_seq(api: Api) -> None:
     assert_error(api.get(f"/migrations/{m['id']}/events", params={"after": -1}), 400, "invalid_request")
 
 
-def test_targets_are_listed(api: Api) -> None:
+def test_targets_are_listed_with_their_load(api: Api) -> None:
+    [m, _] = api.create("/b/db1", "/b/db2")
+    api.advance(m["id"], State.VALIDATING, State.RESTORING_FULL)
     assert api.get("/targets").json()["targets"][0] == {
         "name": "t1",
         "engine": "postgres",
         "host": "db-east-1",
         "description": "",
+        "location": None,
+        "concurrency": None,
+        "agent": False,
+        "running": 2,
+        "restoring": 1,
+        "facts": None,
     }
 
 
@@ -408,7 +416,7 @@ def _created(result: Any) -> list[dict[str, Any]]:
 
 
 def test_cli_create_list_and_show(server: Server) -> None:
-    result = server.run("create", "/backups/cli/alpha", "/backups/cli/beta", "--target", "t2")
+    result = server.run("create", "--no-scan", "/backups/cli/alpha", "/backups/cli/beta", "--target", "t2")
     assert result.exit_code == 0, result.output
     assert "alpha" in result.stdout and "beta" in result.stdout and "2 migration(s) created" in result.stdout
     listed = server.run("list", "--target", "t2", "--state", "queued")
@@ -461,12 +469,12 @@ def test_cli_create_list_and_show(server: Server) -> None:
 
 
 def test_cli_refuses_unusable_input_with_exit_2(server: Server) -> None:
-    result = server.run("create", "/backups/cli/x", "--target", "nowhere")
+    result = server.run("create", "--no-scan", "/backups/cli/x", "--target", "nowhere")
     assert result.exit_code == 2 and "error: unknown target: nowhere" in result.stderr
     assert "hint: known targets: t1, t2" in result.stderr
-    result = server.run("create", "/backups/cli/x", "--target", "t1", "--last-backup", "x.trn")
+    result = server.run("create", "--no-scan", "/backups/cli/x", "--target", "t1", "--last-backup", "x.trn")
     assert result.exit_code == 2 and "last_backup" in result.stderr
-    assert server.run("create", "/a", "/b", "--target", "t1", "--name", "n").exit_code == 2
+    assert server.run("create", "--no-scan", "/a", "/b", "--target", "t1", "--name", "n").exit_code == 2
     assert server.run("list", "--state", "sideways").exit_code == 2
     assert server.run("show", "mig-aaaaaaaaaa").exit_code == 2
     result = server.run("cutover", "a", "b", "--final-lsn", "0/1")
@@ -474,7 +482,7 @@ def test_cli_refuses_unusable_input_with_exit_2(server: Server) -> None:
 
 
 def test_cli_cutover_watch_and_events(server: Server) -> None:
-    [m] = _created(server.run("create", "/backups/cli/gamma", "--target", "t1", "--json"))
+    [m] = _created(server.run("create", "--no-scan", "/backups/cli/gamma", "--target", "t1", "--json"))
     refused = server.run("cutover", m["id"])
     assert (
         refused.exit_code == 1 and "a cutover is possible once its full backup is restored" in refused.stderr
@@ -507,7 +515,9 @@ def test_cli_cutover_watch_and_events(server: Server) -> None:
 
 
 def test_cli_cutover_all_ready_cancel_and_retry(server: Server) -> None:
-    a, b = _created(server.run("create", "/backups/cli/delta", "/backups/cli/epsilon", "-t", "t1", "--json"))
+    a, b = _created(
+        server.run("create", "--no-scan", "/backups/cli/delta", "/backups/cli/epsilon", "-t", "t1", "--json")
+    )
     server.advance(a["id"], *READY_PATH)
     result = server.run("cutover", "--all-ready")
     assert result.exit_code == 0 and "delta" in result.stdout and "epsilon" not in result.stdout
@@ -522,7 +532,7 @@ def test_cli_cutover_all_ready_cancel_and_retry(server: Server) -> None:
 
 
 def test_cli_watch_of_a_failed_migration_exits_1(server: Server) -> None:
-    [m] = _created(server.run("create", "/backups/cli/zeta", "--target", "t1", "--json"))
+    [m] = _created(server.run("create", "--no-scan", "/backups/cli/zeta", "--target", "t1", "--json"))
     server.store.set_state(m["id"], State.FAILED, error="target disk full")
     result = server.run("show", m["id"], "--watch", "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["migration"]["error"] == "target disk full"
@@ -567,7 +577,7 @@ def test_cli_reads_a_saved_token(server: Server) -> None:
 def test_the_token_is_not_in_the_server_logs(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     server.run("list")
-    server.run("create", "/backups/cli/eta", "--target", "t1")
+    server.run("create", "--no-scan", "/backups/cli/eta", "--target", "t1")
     server.run("list", token=server.token + "x")
     assert any("GET /api/v1/migrations" in r.getMessage() for r in caplog.records)  # the access log is seen
     assert server.token not in caplog.text

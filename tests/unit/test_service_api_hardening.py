@@ -293,3 +293,15 @@ def test_a_huge_upload_is_answered_before_it_is_sent(server: Server, token: bool
         sock.sendall(head.encode())
         answer = sock.recv(65536)
     assert answer.split(b" ")[1] == status, answer[:200]
+
+
+def test_cancel_of_a_migration_whose_workflow_ended_is_a_state_answer(api: Api) -> None:
+    """The workflow ended between the state read and the signal (or without recording it): 409 with the
+    state, not a 503 that blames the orchestrator."""
+    (m,) = api.create("/b/ended")
+    api.orch.ended.add(m["id"])
+    error = assert_error(
+        api.post(f"/migrations/{m['id']}/cancel", params={"drop": "true"}), 409, "wrong_state"
+    )
+    assert "has ended" in error["message"] and error["details"] == {"state": "Queued"}
+    assert_error(api.post(f"/migrations/{m['id']}/cancel", params={"drop": "maybe"}), 400, "invalid_request")

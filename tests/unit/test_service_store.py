@@ -258,7 +258,7 @@ class StoreContract:
                 version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         finally:
             engine.dispose()
-        assert diff == [] and version == "0001"
+        assert diff == [] and version == "0002"
 
     def test_threads_writing_at_once_neither_fail_nor_lose_events(
         self, store: SqlStateStore, url: str

@@ -7,10 +7,9 @@ Exit codes: 0 ok, 1 error findings (or an operation that failed), 2 unusable inp
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +19,10 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ferry import __version__
-from ferry.cli import mssql, render
+from ferry.cli import mssql, render, service
 from ferry.cli.migrations import app as migrations_app
 from ferry.cli.script import script as script_command
+from ferry.cli.service import BlockedAfter, ReadyLag
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import FerryError, StoreError, UsageError
 from ferry.core.findings import has_errors
@@ -45,6 +45,8 @@ app = typer.Typer(
 )
 app.add_typer(migrations_app, name="migrations")
 app.command("script")(script_command)
+app.command("serve")(service.serve)
+app.command("agent")(service.agent)
 out = render.console()
 err = render.console(stderr=True)
 
@@ -273,55 +275,6 @@ def plan(
             raise typer.Exit(EXIT_FINDINGS)
 
 
-# How `serve` (with --temporal) and `agent` reach Temporal, and the key of the payload codec.
-TlsCa = Annotated[
-    Path | None,
-    typer.Option("--temporal-tls-ca", help="CA certificate (PEM) of the Temporal server's certificate."),
-]
-TlsCert = Annotated[
-    Path | None, typer.Option("--temporal-tls-cert", help="Client certificate (PEM) for Temporal (mTLS).")
-]
-TlsKey = Annotated[
-    Path | None, typer.Option("--temporal-tls-key", help="The client certificate's key (PEM).")
-]
-TlsName = Annotated[
-    str | None,
-    typer.Option(
-        "--temporal-tls-server-name", help="Name the server's certificate must carry, if not its host."
-    ),
-]
-TlsOn = Annotated[
-    bool, typer.Option("--temporal-tls", help="Reach Temporal over TLS (implied by the other TLS options).")
-]
-CodecKeyOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--codec-key",
-        help="The key that encrypts what Ferry hands Temporal: the file `ferry serve` made, DATA/codec.key "
-        "(the same for every process of a deployment).",
-    ),
-]
-
-# The replay settings `migrate`, `serve` and `agent` share (see MigrationSpec).
-BlockedAfter = Annotated[
-    float,
-    typer.Option(
-        "--blocked-after",
-        help="Seconds replay may wait for a WAL file the store lacks before it is shown as blocked "
-        "(and an offline migration fails, naming the file).",
-        min=1.0,
-    ),
-]
-ReadyLag = Annotated[
-    int,
-    typer.Option(
-        "--ready-lag",
-        help="Once caught up, stay ReadyForCutover while the lag is within this many WAL segments.",
-        min=1,
-    ),
-]
-
-
 @app.command()
 def migrate(
     source: Annotated[
@@ -456,155 +409,6 @@ def demo(
         result = run_demo(out, Path(folder).resolve() if folder else None, scale, online_seconds)
         if result.differences:
             raise typer.Exit(EXIT_FINDINGS)
-
-
-@app.command()
-def serve(
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Ferry's data folder (default: FERRY_HOME, else ~/.local/share/ferry)."),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API.")] = 8470,
-    temporal: Annotated[
-        str | None,
-        typer.Option(
-            "--temporal", help="HOST:PORT of an existing Temporal cluster (default: start one here)."
-        ),
-    ] = None,
-    temporal_port: Annotated[
-        int | None, typer.Option(help="Port of the embedded Temporal (default: a free one).")
-    ] = None,
-    namespace: Annotated[str, typer.Option(help="Temporal namespace.")] = "default",
-    target: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            help="NAME=ROOT[:CONCURRENCY] served here, or NAME served by `ferry agent` elsewhere "
-            "(repeatable; default: local=DATA/targets:4).",
-        ),
-    ] = None,
-    no_local_agent: Annotated[
-        bool, typer.Option("--no-local-agent", help="Run no agent here: every target has its own.")
-    ] = False,
-    store: Annotated[
-        str | None,
-        typer.Option("--store", help="State store: a file path or postgresql://... (default DATA)."),
-    ] = None,
-    os_user: Annotated[
-        str | None, typer.Option(help="OS user the local target servers run as when Ferry runs as root.")
-    ] = None,
-    reset_token: Annotated[bool, typer.Option("--reset-token", help="Make a new API token.")] = False,
-    save_token: Annotated[
-        bool, typer.Option("--save-token", help="Keep a new token in ~/.config/ferry/token for the CLI.")
-    ] = False,
-    blocked_after: BlockedAfter = 60.0,
-    ready_lag: ReadyLag = 2,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    tls_name: TlsName = None,
-    tls_on: TlsOn = False,
-    codec_key: CodecKeyOpt = None,
-) -> None:
-    """Run the migration service: API, durable workflows (Temporal), and an agent for local targets."""
-    from ferry.engines.base import ReplaySettings
-    from ferry.serve import ServeOptions, default_data, parse_target
-    from ferry.serve import serve as run_service
-    from ferry.service.activities import TargetConfig
-    from ferry.service.tls import TemporalTls
-
-    with _errors():
-        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
-        if tls.active and not temporal:
-            raise UsageError(
-                "the --temporal-tls options are for a Temporal cluster given with --temporal",
-                "the embedded Temporal is reached over TLS with certificates Ferry makes in DATA/tls",
-            )
-        folder = Path(os.path.abspath(data)) if data else default_data()
-        parsed = [parse_target(t, folder, os_user) for t in target or []]
-        options = ServeOptions(
-            data=folder,
-            host=host,
-            port=port,
-            temporal=temporal,
-            temporal_port=temporal_port,
-            namespace=namespace,
-            targets=[t for t in parsed if isinstance(t, TargetConfig)],
-            remote_targets=[t for t in parsed if isinstance(t, str)],
-            local_agent=not no_local_agent,
-            store_url=store,
-            reset_token=reset_token,
-            save_token=save_token,
-            os_user=os_user,
-            replay=ReplaySettings(blocked_after, ready_lag),
-            temporal_tls=tls,
-            codec_key=Path(os.path.abspath(codec_key)) if codec_key else None,
-        )
-        with suppress(KeyboardInterrupt):
-            run_service(options)
-
-
-@app.command()
-def agent(
-    target: Annotated[str, typer.Option("--target", help="Name of the target this agent serves.")],
-    root: Annotated[Path, typer.Option("--root", help="Folder for the target's migrations (one per id).")],
-    temporal: Annotated[str, typer.Option("--temporal", help="HOST:PORT of the Temporal server.")] = (
-        "127.0.0.1:7233"
-    ),
-    namespace: Annotated[str, typer.Option(help="Temporal namespace.")] = "default",
-    concurrency: Annotated[int, typer.Option(help="Restores run at once on this target.")] = 4,
-    os_user: Annotated[
-        str | None, typer.Option(help="OS user the target servers run as when Ferry runs as root.")
-    ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option("--store", help="The service's state store: file path or postgresql://... URL."),
-    ] = None,
-    blocked_after: BlockedAfter = 60.0,
-    ready_lag: ReadyLag = 2,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    tls_name: TlsName = None,
-    tls_on: TlsOn = False,
-    codec_key: CodecKeyOpt = None,
-) -> None:
-    """Serve one target's task queues: restores (at most --concurrency at once), replay and cutover."""
-    import asyncio
-    import logging
-
-    from ferry.agent.worker import run_agent
-    from ferry.engines.base import ReplaySettings
-    from ferry.service.activities import TargetConfig
-    from ferry.service.auth import data_folder
-    from ferry.service.codec import KEY_FILE, load_key
-    from ferry.service.logs import configure
-    from ferry.service.store import SqlStateStore
-    from ferry.service.tls import TemporalTls
-
-    with _errors():
-        if concurrency < 1:
-            raise UsageError("--concurrency must be at least 1", "give the number of restores to run at once")
-        cfg = TargetConfig(
-            target,
-            Path(os.path.abspath(root)),
-            concurrency,
-            os_user,
-            replay=ReplaySettings(blocked_after, ready_lag),
-        )
-        key = load_key(codec_key or data_folder() / KEY_FILE)
-        tls = TemporalTls(tls_ca, tls_cert, tls_key, tls_name, tls_on)
-        configure(logging.WARNING)
-        state = SqlStateStore(store)
-        err.print(
-            f"agent of target {target}: {cfg.root}, {concurrency} restores at once; Temporal {temporal}"
-        )
-        try:
-            with suppress(KeyboardInterrupt):
-                asyncio.run(run_agent(cfg, temporal, state, key=key, tls=tls, namespace=namespace))
-        finally:
-            state.close()
 
 
 @app.command()

@@ -196,6 +196,12 @@ def _exit_for(m: dict[str, Any]) -> int:
 def create(
     sources: Annotated[list[str], typer.Argument(help="Store URL or path of each source's backups.")],
     target: Annotated[str, typer.Option("--target", "-t", help="The target to migrate onto.")],
+    database: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--database", "-d", help="Only this database of the stores (repeatable; default: every one)."
+        ),
+    ] = None,
     offline: Annotated[
         bool, typer.Option("--offline", help="Restore and recover once, instead of online until cutover.")
     ] = False,
@@ -203,41 +209,149 @@ def create(
         str | None, typer.Option("--last-backup", help="Offline: the last backup file; then cut over.")
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="The migration's name (one source only).")
+        str | None, typer.Option("--name", help="The migration's name (one migration only).")
     ] = None,
+    no_scan: Annotated[
+        bool,
+        typer.Option(
+            "--no-scan",
+            help="Do not scan the stores first: one migration per SOURCE (of its only database, or the one "
+            "--database names), for stores only the target's agent can read.",
+        ),
+    ] = False,
     api: ApiOpt = DEFAULT_API,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
+    interval: IntervalOpt = 1.0,
 ) -> None:
-    """Create and start migrations: one per SOURCE, all in one call (all created, or none)."""
+    """Create and start migrations: one per database found in the SOURCE stores (SQL Server: each database
+    of the store; PostgreSQL: each cluster), or the --database ones; all created, or none."""
     with _session(api, token) as client:
-        if name and len(sources) > 1:
-            raise UsageError(
-                "--name names one migration, but several sources were given",
-                "leave --name out: each name is derived from its source's folder",
-            )
         mode = "offline" if offline else "online"
-        items = [
-            {
-                k: v
-                for k, v in {
-                    "source": s,
-                    "target": target,
-                    "mode": mode,
-                    "name": name,
-                    "last_backup": last_backup,
-                }.items()
-                if v is not None
-            }
-            for s in sources
-        ]
-        answer = client.call("POST", "/migrations", body={"migrations": items})
+        base = {"target": target, "mode": mode, "last_backup": last_backup}
+        if no_scan:
+            if database and len(database) > 1:
+                raise UsageError(
+                    "--no-scan makes one migration per source: give at most one --database",
+                    "leave --no-scan out to have every database found",
+                )
+            only = database[0] if database else None
+            items = [{**base, "source": s, "database": only} for s in sources]
+        else:
+            engine = _target_engine(client, target)
+            items = []
+            for s in sources:
+                plan = _scan(client, s, database or [], None, interval, quiet=as_json)
+                items += [
+                    {**base, "source": s, "database": db} for db in _databases(s, plan, engine, database)
+                ]
+        if name and len(items) > 1:
+            raise UsageError(
+                f"--name names one migration, but {len(items)} would be created",
+                "leave --name out: each name is derived from its database or source folder",
+            )
+        if name:
+            items[0]["name"] = name
+        body = [{k: v for k, v in item.items() if v is not None} for item in items]
+        answer = client.call("POST", "/migrations", body={"migrations": body})
         created = answer["migrations"]
         if as_json:
             render.emit_json(answer)
             return
         out.print(render.migrations_table(created))
         out.print(f"{len(created)} migration(s) created; watch one with `ferry migrations show ID --watch`")
+
+
+def _target_engine(client: Client, target: str) -> str | None:
+    """The engine of `target`, as its agent registered it (None: unknown yet; the create names it)."""
+    found = [t for t in client.call("GET", "/targets")["targets"] if t["name"] == target]
+    return str(found[0]["engine"]) if found and found[0].get("agent") else None
+
+
+def _scan(
+    client: Client, location: str, databases: list[str], stop_at: str | None, interval: float, quiet: bool
+) -> dict[str, Any]:
+    """The plan of `location` (POST /api/v1/scans, polled until it ends); a failed scan is an error."""
+    body: dict[str, Any] = {"location": location, "wait_seconds": 20}
+    if databases:
+        body["database"] = databases
+    if stop_at:
+        body["stop_at"] = stop_at
+    job = client.call("POST", "/scans", body=body)
+    shown = False
+    while job["state"] == "running":
+        if not quiet and not shown:
+            err.print(render.plain(f"scanning {job['location']} ({job['id']})..."))
+            shown = True
+        time.sleep(interval)
+        job = client.call("GET", path("scans", job["id"]))
+    if job["state"] == "failed":
+        error = job.get("error") or {}
+        raise ApiFailure(
+            str(error.get("message") or f"the scan of {job['location']} failed"),
+            str(error.get("hint") or ""),
+            EXIT_INPUT,
+        )
+    return dict(job["plan"])
+
+
+def _databases(
+    source: str, plan: dict[str, Any], engine: str | None, wanted: list[str] | None
+) -> list[str | None]:
+    """The databases of a scanned store to migrate onto a target of `engine`: every one, each by name
+    (a store of one PostgreSQL cluster: None, the store's only database). Blocked ones refuse the whole
+    request, naming what blocks them."""
+    dbs = [d for d in plan["databases"] if engine is None or d["engine"] == engine]
+    if not dbs:
+        held = ", ".join(sorted({f"{d['name']} ({d['engine']})" for d in plan["databases"]})) or "none"
+        raise ApiFailure(
+            f"no {engine or ''} database to migrate in '{plan['source']}'".replace("no  ", "no "),
+            f"databases found there: {held}",
+            EXIT_INPUT,
+        )
+    blocked = [d for d in dbs if not d["executable"]]
+    if blocked:
+        first = blocked[0]
+        why = next((f["message"] for f in first["findings"] if f["severity"] == "error"), "no restore chain")
+        raise ApiFailure(
+            f"{len(blocked)} database(s) of '{plan['source']}' cannot be migrated; [{first['name']}]: {why}",
+            f"`ferry migrations scan {render.clean(source)}` shows why; leave them out with --database",
+            EXIT_REFUSED,
+        )
+    if len(dbs) == 1 and dbs[0]["engine"] == "postgres" and not wanted:
+        return [None]
+    return [str(d["name"]) for d in dbs]
+
+
+@app.command("scan")
+def scan_cmd(
+    location: Annotated[str, typer.Argument(help="Store URL or path, read by the service.")],
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Only this database (repeatable).")
+    ] = None,
+    stop_at: Annotated[
+        str | None, typer.Option("--stop-at", help="Plan the restore to this time (ISO 8601).")
+    ] = None,
+    stop_at_lsn: Annotated[str | None, typer.Option("--stop-at-lsn", help="Plan it to this LSN.")] = None,
+    api: ApiOpt = DEFAULT_API,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+    interval: IntervalOpt = 1.0,
+) -> None:
+    """What a store holds, read by the service: each database, its restore chain and the findings (the
+    same JSON as `ferry plan --json`)."""
+    with _session(api, token) as client:
+        if stop_at and stop_at_lsn:
+            raise UsageError("--stop-at and --stop-at-lsn exclude each other", "give one point to restore to")
+        point = f"lsn:{stop_at_lsn}" if stop_at_lsn else stop_at
+        plan = _scan(client, location, database or [], point, interval, quiet=as_json)
+        if as_json:
+            render.emit_json(plan)
+        else:
+            render.plan_json(out, plan)
+        errors = [f for d in plan["databases"] for f in d["findings"]] + list(plan["findings"])
+        if any(f["severity"] == "error" for f in errors):
+            raise typer.Exit(EXIT_REFUSED)
 
 
 @app.command("list")
@@ -328,11 +442,20 @@ def cutover(
     final_lsn: Annotated[
         str | None, typer.Option("--final-lsn", help="Replay at least to this LSN (X/Y); one migration only.")
     ] = None,
+    last_backup: Annotated[
+        str | None,
+        typer.Option(
+            "--last-backup",
+            help="SQL Server: wait for this log backup (the tail-log backup) and restore it last; one "
+            "migration only.",
+        ),
+    ] = None,
     api: ApiOpt = DEFAULT_API,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cut over migrations that are ReadyForCutover or RestoringLogs (one, many, or --all-ready)."""
+    """Cut over migrations that are ReadyForCutover or RestoringLogs (one, many, or --all-ready): restore
+    what is left, bring the target online, check it. The downtime counts from this request."""
     with _session(api, token) as client:
         ids = [ref(m) for m in migrations or []]
         if all_ready == bool(ids):
@@ -342,9 +465,13 @@ def cutover(
             )
         if final_lsn and len(ids) != 1:
             raise UsageError("--final-lsn is for one migration", "cut over the others in another call")
+        if last_backup and len(ids) != 1:
+            raise UsageError("--last-backup is for one migration", "cut over the others in another call")
         body: dict[str, Any] = {"all_ready": True} if all_ready else {"ids": ids}
         if final_lsn:
             body["final_lsn"] = {ids[0]: final_lsn}
+        if last_backup:
+            body["last_backup"] = {ids[0]: last_backup}
         answer = client.call("POST", "/migrations/cutover", body=body)
         if as_json:
             render.emit_json(answer)
@@ -357,13 +484,21 @@ def cutover(
 @app.command()
 def cancel(
     migration: Annotated[str, typer.Argument(help="The migration's id or name.")],
+    drop: Annotated[
+        bool,
+        typer.Option(
+            "--drop", help="SQL Server: drop the RESTORING database instead of leaving it for inspection."
+        ),
+    ] = False,
     api: ApiOpt = DEFAULT_API,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a migration: restoring stops, the target database is left unrecovered, the source untouched."""
+    """Cancel a migration: restoring stops, the target database is left unrecovered (RESTORING), or dropped
+    with --drop; the source is untouched."""
     with _session(api, token) as client:
-        answer = client.call("POST", path("migrations", ref(migration), "cancel"))
+        params = {"drop": "true"} if drop else None
+        answer = client.call("POST", path("migrations", ref(migration), "cancel"), params=params)
         if as_json:
             render.emit_json(answer)
             return

@@ -179,6 +179,40 @@ def plan(console: Console, p: Plan) -> None:
     console.print(f"{ready} of {len(p.databases)} database(s) ready to restore")
 
 
+def _finding_of(doc: dict[str, Any]) -> Finding:
+    return Finding(
+        str(doc["code"]), Severity(doc["severity"]), str(doc["message"]), str(doc["hint"]),
+        tuple(str(f) for f in doc.get("files") or ()),
+    )  # fmt: skip
+
+
+def plan_json(console: Console, doc: dict[str, Any]) -> None:
+    """A plan as the service sends it (the contract of `ferry plan --json`): one line per database, then
+    what blocks or concerns each, then the findings about files."""
+    table = Table(box=None, padding=(0, 2, 0, 0), header_style="bold")
+    for col in ("Database", "Server", "Engine", "Status", "Steps", "Restores to"):
+        table.add_column(col, overflow="fold")
+    for d in doc["databases"]:
+        kinds: dict[str, int] = {}
+        for step in d["steps"]:
+            kinds[step["kind"]] = kinds.get(step["kind"], 0) + 1
+        steps = ", ".join(f"{n} {k}" if n > 1 else k for k, n in kinds.items()) or "-"
+        point = when(d["restores_to"]) if d.get("restores_to") else "-"
+        if d.get("restores_to_lsn"):
+            point += f" (LSN {d['restores_to_lsn']})"
+        status = Text("ready", style="green") if d["executable"] else Text("blocked", style="bold red")
+        table.add_row(plain(d["name"]), plain(d["server"]), plain(d["engine"]), status, steps, plain(point))
+    console.print(table)
+    for d in doc["databases"]:
+        if d["findings"]:
+            findings(console, [_finding_of(f) for f in d["findings"]], title=f"{clean(d['name'])}: findings")
+    findings(console, [_finding_of(f) for f in doc["findings"]], title="Files")
+    ready = sum(1 for d in doc["databases"] if d["executable"])
+    console.print(
+        f"{ready} of {len(doc['databases'])} database(s) ready to restore, in {clean(doc['source'])}"
+    )
+
+
 def rate(bytes_per_second: float | None) -> str:
     return "-" if not bytes_per_second else f"{size(int(bytes_per_second))}/s"
 
@@ -378,6 +412,9 @@ def migration_detail(m: dict[str, Any]) -> RenderableType:
     kv.add_row("state", state_text(m["state"]))
     kv.add_row("phase", plain(status.get("phase") or "-"))
     kv.add_row("source", plain(m["source"]))
+    details = status.get("details") or {}
+    if m.get("database") or details.get("database"):
+        kv.add_row("database", plain(m.get("database") or details.get("database")))
     kv.add_row("target", plain(f"{m['target']} ({m['mode']})"))
     if m.get("last_backup"):
         kv.add_row("last backup", plain(m["last_backup"]))
@@ -387,7 +424,10 @@ def migration_detail(m: dict[str, Any]) -> RenderableType:
         kv.add_row("error", plain(m["error"], style="bold red"))
     kv.add_row("full backup restored", full_restored(m))
     kv.add_row("restoring", plain(status.get("current_file") or "-"))
-    kv.add_row("last restored", plain(status.get("last_file") or "-"))
+    last = status.get("last_file") or "-"
+    if details.get("last_restored_lsn"):
+        last += f" (LSN {details['last_restored_lsn']})"
+    kv.add_row("last restored", plain(last))
     pending_size = size(status.get("pending_bytes") or 0)
     kv.add_row("pending", f"{status.get('pending_files') or 0} log backup(s), {pending_size}")
     if status.get("bytes_total"):
@@ -407,7 +447,7 @@ def migration_detail(m: dict[str, Any]) -> RenderableType:
     kv.add_row("created", local_time(m.get("created_at")))
     kv.add_row("updated", local_time(m.get("updated_at")))
     parts: list[RenderableType] = [kv]
-    sets = ((status.get("details") or {}).get("backup_sets")) or []
+    sets = details.get("backup_sets") or []
     if sets:
         parts.append(backup_sets(sets))
     return Panel(Group(*parts), title=plain(f"{m['name']} ({m['id']})"), title_align="left")
@@ -420,6 +460,7 @@ def backup_sets(sets: list[dict[str, Any]]) -> Table:
     style = {
         "restored": "green",
         "restoring": "bold",
+        "queued": "cyan",
         "skipped": "yellow",
         "arrived": "dim",
         "held": "yellow",

@@ -227,3 +227,11 @@ class Migrator(Protocol):
     def status(self, job: MigrationJob, prepared: Prepared) -> MigrationStatus:
         """Where the target stands now, read from the target itself."""
         ...
+
+
+# Optional, beside the protocols (looked up with getattr, so an engine without them still fits):
+#
+# - `Engine.database_of(backup_set) -> str | None`: the database a set belongs to, for engines whose stores
+#   hold many databases (SQL Server); the service then hands each migration its own database's sets.
+# - `Migrator.describe(target: TargetSpec) -> Mapping[str, Any]`: facts read from the target itself
+#   (version, edition, default folders, free space), which agents refresh once a minute for the API.

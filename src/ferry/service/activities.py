@@ -49,6 +49,7 @@ from ferry.engines.base import (
 )
 from ferry.engines.registry import migrator
 from ferry.pipeline.migrate import read_source
+from ferry.pipeline.sources import SourceCache, shares_stores
 from ferry.service import workflow_io as io
 from ferry.service.contracts import StateStore
 from ferry.service.failures import as_application_error, os_failure
@@ -64,6 +65,15 @@ SIGNAL_EVERY = 30.0  # seconds between state flips told to the workflow (the sto
 HEARTBEAT_EVERY = 2.0
 SCANS_AT_ONCE = 2  # validate steps reading a store at once, per worker
 REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL replays on its own)
+# How old a look at a source's store may be: validate and each turn of following logs ask for one this
+# fresh, and every migration of a store shares it (pipeline/sources.py), so a new log backup reaches all
+# of them within one poll.
+SOURCE_FRESH = 1.0
+SETTLE_WAIT = 10.0  # seconds validate waits for files of a shared store view to stop changing
+
+
+def _held_back(files: SourceFiles) -> bool:
+    return any(f.code == "file-changing" for f in files.findings)
 
 
 class UnknownTarget(FerryError):
@@ -78,8 +88,10 @@ class UnknownTarget(FerryError):
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """A target this worker serves: migrations go to ROOT/<migration id> (PostgreSQL), at most
-    `concurrency` restores at once; servers run as `os_user` when Ferry runs as root."""
+    """A target this worker serves, at most `concurrency` restores at once. PostgreSQL: migrations go to
+    ROOT/<migration id>, servers run as `os_user` when Ferry runs as root. SQL Server: `location` is the
+    instance (`mssql://USER@HOST[:PORT][/INSTANCE]`) and ROOT the local work folder of its migrations;
+    `options` are the engine's target settings (`backup_path_as`: how the instance sees the stores)."""
 
     name: str
     root: Path
@@ -88,14 +100,22 @@ class TargetConfig:
     host: str | None = None
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     engine: str = "postgres"
+    location: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def folder(self, migration_id: str) -> Path:
         return self.root / migration_id
 
+    @property
+    def where(self) -> str:
+        """Where it restores, in words: the instance's URL, or the folder."""
+        return self.location or str(self.root)
+
     def spec(self) -> TargetSpec:
-        return TargetSpec(
-            self.name, self.engine, str(self.root), self.os_user, {"concurrency": self.concurrency}
-        )
+        options: dict[str, Any] = {"concurrency": self.concurrency, **self.options}
+        if self.location is not None:
+            options.setdefault("work_dir", str(self.root))
+        return TargetSpec(self.name, self.engine, self.where, self.os_user, options)
 
 
 def _now() -> str:
@@ -299,6 +319,7 @@ class TargetActivities:
         self.targets = dict(targets)
         self.notify = notify
         self.replays = LocalReplays()
+        self.sources = SourceCache()
         # Reading a source's backups is CPU work in Python: two at a time use the cores as well as twenty,
         # and twenty threads contending for the interpreter slow everything else in the process (the
         # workflows of `ferry serve`, the other steps' heartbeats) more than it speeds up the scans.
@@ -318,7 +339,7 @@ class TargetActivities:
         record = self.store.get(m.id)
         return record.source if record is not None else m.source
 
-    def _job(self, m: io.MigrationInput) -> MigrationJob:
+    def _job(self, m: io.MigrationInput, **options: Any) -> MigrationJob:
         cfg = self._config(m.target)
         return MigrationJob(
             id=m.id,
@@ -329,20 +350,36 @@ class TargetActivities:
             last_backup=m.last_backup,
             # PostgreSQL replays on its own: the service looks at a replaying target once a second.
             replay=replace(cfg.replay, poll_interval=REPLAY_POLL),
+            options=options,
         )
 
     def _migrator(self, m: io.MigrationInput) -> Migrator:
         return migrator(self._config(m.target).engine)
 
-    def _context(self, m: io.MigrationInput, sink: _Progress, step: str) -> _Context:
+    def _files(self, job: MigrationJob, settled: bool = False) -> SourceFiles:
+        """The source's backups (of the job's database) as they are now.
+
+        A store of one database (PostgreSQL's cluster) is read whole each time, as `ferry migrate` reads
+        it: its findings about every file (a FIFO where a segment should be) included. A store of many
+        (SQL Server) is read through this worker's shared, incremental view, polled at most once per
+        SOURCE_FRESH seconds, so that its hundreds of migrations do not each scan it. That view holds a
+        file back until it stops changing: `settled` (validate, which would call a chain blocked for want
+        of it) waits up to SETTLE_WAIT seconds for the files held back to be read."""
+        if not shares_stores(job.target.engine):
+            with self._scans:
+                return read_source(job.source, job.target.engine)
+        files = self.sources.files(job.source, job.target.engine, job.database, fresh=SOURCE_FRESH)
+        deadline = time.monotonic() + SETTLE_WAIT
+        while settled and _held_back(files) and time.monotonic() < deadline:
+            time.sleep(SOURCE_FRESH)
+            files = self.sources.files(job.source, job.target.engine, job.database, fresh=SOURCE_FRESH)
+        return files
+
+    def _context(self, m: io.MigrationInput, job: MigrationJob, sink: _Progress, step: str) -> _Context:
         def note(message: str) -> None:
             self._event(m.id, "info", message, step=step, attempt=activity.info().attempt)
 
-        def rescan() -> SourceFiles:
-            with self._scans:
-                return read_source(m.source, self._config(m.target).engine)
-
-        return _Context(sink, note, rescan)
+        return _Context(sink, note, lambda: self._files(job))
 
     def _event(self, migration_id: str, kind: str, message: str, **data: Any) -> None:
         try:
@@ -437,10 +474,9 @@ class TargetActivities:
             started, t0 = _now(), time.monotonic()
             steps = self._migrator(m)
             job = self._job(m)
-            with self._scans:
-                files = read_source(job.source, steps.engine)
+            files = self._files(job, settled=True)
             sink = _Progress(self.store, m.id, State.VALIDATING)
-            prepared, report = steps.prepare(job, files, self._context(m, sink, "validate"))
+            prepared, report = steps.prepare(job, files, self._context(m, job, sink, "validate"))
             self._step_event(m.id, "validate", report, started, t0)
             return prepared_out(prepared)
 
@@ -452,8 +488,9 @@ class TargetActivities:
         with self._activity(m.id, "restore_base"):
             started, t0 = _now(), time.monotonic()
             sink = _Progress(self.store, m.id, State.RESTORING_FULL)
+            job = self._job(m)
             report = self._migrator(m).restore_full(
-                self._job(m), self._prepared(inp), self._context(m, sink, "restore_base")
+                job, self._prepared(inp), self._context(m, job, sink, "restore_base")
             )
             if report.skipped:
                 self._step_event(m.id, "restore_base", report, started, t0)
@@ -496,12 +533,13 @@ class TargetActivities:
                 self.store, m.id, State.RESTORING_LOGS, flips=m.mode == "online", notify=self.notify
             )
             started, t0 = _now(), time.monotonic()
+            job = self._job(m)
             try:
                 done = self._migrator(m).follow_logs(
-                    self._job(m),
+                    job,
                     self._prepared(inp),
                     _Until(stop, self.replays, m.id),
-                    self._context(m, sink, "replay"),
+                    self._context(m, job, sink, "replay"),
                 )
             except CancelledError:
                 sink.flush()
@@ -530,11 +568,12 @@ class TargetActivities:
                 stop_seconds = time.monotonic() - t0
                 self._enter(inp.step)  # after the replay stopped: its last status write comes before
                 sink = _Progress(self.store, m.id, State.CUTTING_OVER)
+                job = self._job(m)
                 done = self._migrator(m).cut_over(
-                    self._job(m),
+                    job,
                     self._prepared(inp.step),
-                    CutoverRequest(inp.requested_at, inp.final_lsn),
-                    self._context(m, sink, "cutover"),
+                    CutoverRequest(inp.requested_at, inp.final_lsn, last_backup=inp.last_backup),
+                    self._context(m, job, sink, "cutover"),
                 )
                 sink.flush()
             self._step_event(
@@ -546,12 +585,14 @@ class TargetActivities:
 
     @activity.defn(name=io.A_STOP_TARGET)
     def stop_target(self, inp: io.StepInput) -> str:
-        """Cancel: the engine stops applying logs and leaves the target as it is, for inspection."""
+        """Cancel: the engine stops applying logs and leaves the target as it is, for inspection; or
+        removes what it restored when the cancel asked to drop it (SQL Server: DROP DATABASE)."""
         m = inp.migration
         with self._activity(m.id, "stop_target"):
             started, t0 = _now(), time.monotonic()
             with self.replays.taking_over(m.id):  # a cancel does not wait for a heartbeat
                 prepared = prepared_in(inp.prepared) if inp.prepared is not None else None
-                report = self._migrator(m).stop(self._job(m), prepared)
+                job = self._job(m, drop_on_cancel=True) if inp.drop else self._job(m)
+                report = self._migrator(m).stop(job, prepared)
             self._step_event(m.id, "stop_target", report, started, t0)
             return report.command or "none"

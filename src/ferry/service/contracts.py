@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from ferry.core.errors import FerryError
 from ferry.core.migration import State
+
+
+class WorkflowEnded(FerryError):
+    """A migration's workflow has ended, so a signal can no longer reach it (the state store says so a
+    moment later, or never if the run ended without recording it): the caller answers from the state."""
+
 
 Mode = Literal["online", "offline"]
 # A migration's name, and what names one in a URL or a request: its id (`mig-` and 10 letters) or its name.
@@ -27,6 +34,9 @@ class MigrationRequest:
     mode: Mode = "online"
     name: str | None = None  # unique; default derived from the source
     last_backup: str | None = None  # offline only: stop after this file is restored (LRS "autocomplete")
+    # Which database of the store (SQL Server: its name; PostgreSQL: a cluster's system identifier); None:
+    # the store holds one.
+    database: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,14 @@ class MigrationRecord:
     updated_at: datetime
     error: str | None = None  # why it failed, when it did
     attempt: int = 1
+    database: str | None = None  # which database of the source's store (None: its only one)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "source": self.source,
+            "database": self.database,
             "target": self.target,
             "mode": self.mode,
             "state": self.state.value,
@@ -122,11 +134,19 @@ class Orchestrator(Protocol):
     async def start(self, records: list[MigrationRecord]) -> None: ...
 
     async def cutover(
-        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+        self,
+        migration_id: str,
+        final_lsn: str | None = None,
+        attempt: int | None = None,
+        last_backup: str | None = None,
     ) -> None:
-        """`attempt`: the run the request is for (the record's attempt); looked up when not given."""
+        """`attempt`: the run the request is for (the record's attempt); looked up when not given.
+        `last_backup`: a log backup (a tail-log backup) to wait for and restore last."""
         ...
 
-    async def cancel(self, migration_id: str, attempt: int | None = None) -> None: ...
+    async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
+        """`drop`: remove what the migration restored on the target (SQL Server: DROP DATABASE) instead of
+        leaving it for inspection."""
+        ...
 
     async def retry(self, migration_id: str) -> None: ...

@@ -20,12 +20,13 @@ from anyio import to_thread
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ferry.core.errors import FerryError
 from ferry.core.migration import State
 from ferry.core.redact import redact_location
 from ferry.service import workflow_io as io
-from ferry.service.contracts import MigrationRecord, StateStore
+from ferry.service.contracts import MigrationRecord, StateStore, WorkflowEnded
 from ferry.service.workflows import MigrationWorkflow
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def workflow_input(record: MigrationRecord) -> io.MigrationInput:
         mode=record.mode,
         last_backup=record.last_backup,
         attempt=record.attempt,
+        database=record.database,
     )
 
 
@@ -92,19 +94,32 @@ class TemporalOrchestrator:
                 await asyncio.sleep(0.2 * attempt)
 
     async def cutover(
-        self, migration_id: str, final_lsn: str | None = None, attempt: int | None = None
+        self,
+        migration_id: str,
+        final_lsn: str | None = None,
+        attempt: int | None = None,
+        last_backup: str | None = None,
     ) -> None:
         # The time of the request travels with it: the downtime is measured from here. The attempt binds
         # it to the run it is for, the name to the signal (workflows.py refuses anything else).
         attempt = attempt or await self._attempt(migration_id)
-        signal = io.CutoverSignal(time.time(), final_lsn, attempt=attempt, signal=io.S_CUTOVER)
+        signal = io.CutoverSignal(
+            time.time(), final_lsn, attempt=attempt, signal=io.S_CUTOVER, last_backup=last_backup
+        )
         await self.handle(migration_id).signal(MigrationWorkflow.cutover, signal)
 
-    async def cancel(self, migration_id: str, attempt: int | None = None) -> None:
+    async def cancel(self, migration_id: str, attempt: int | None = None, drop: bool = False) -> None:
         attempt = attempt or await self._attempt(migration_id)
-        await self.handle(migration_id).signal(
-            MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt)
-        )
+        try:
+            await self.handle(migration_id).signal(
+                MigrationWorkflow.cancel, io.CancelSignal(time.time(), attempt, drop=drop)
+            )
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:  # "workflow execution already completed"
+                raise WorkflowEnded(
+                    f"the workflow of '{migration_id}' has ended", "see its state and events"
+                ) from None
+            raise
 
     async def _attempt(self, migration_id: str) -> int:
         record = await to_thread.run_sync(self.store.get, migration_id)

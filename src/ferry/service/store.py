@@ -109,7 +109,16 @@ def base_name(source: str) -> str:
     source = redact_location(source)
     path = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", source.split("?", 1)[0].split("#", 1)[0])
     last = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:100]
+    return _usable(last)
+
+
+def database_name(database: str) -> str:
+    """A default name from the database's name, whole (`Sales/EU` gives `Sales-EU`)."""
+    return _usable(database)
+
+
+def _usable(text: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:100]
     if not cleaned or ID_RE.match(cleaned):
         return "migration" if not cleaned else f"m-{cleaned}"
     return cleaned
@@ -137,6 +146,7 @@ def _record(row: Row[Any]) -> MigrationRecord:
         updated_at=m["updated_at"],
         error=m["error"],
         attempt=m["attempt"],
+        database=m["database"],
     )
 
 
@@ -165,6 +175,9 @@ def validate_request(req: MigrationRequest, index: int = 0) -> None:
             "a last backup ends an offline migration; drop it or make the migration offline",
             index,
         )
+    if req.database is not None and (not req.database.strip() or "\x00" in req.database):
+        why = f"migration #{index + 1} names an empty database"
+        raise _invalid(why, "give the database's name, or leave it out", index)
     if req.name is not None and (not NAME_RE.match(req.name) or ID_RE.match(req.name)):
         raise _invalid(
             f"migration #{index + 1} has the name '{req.name}', which Ferry cannot use",
@@ -232,6 +245,17 @@ class SqlStateStore:
         with self._read() as conn:
             rows = conn.execute(sa.select(targets.c.name, targets.c.data).order_by(targets.c.name))
             return {r.name: dict(r.data or {}) for r in rows}
+
+    def load(self) -> dict[str, dict[str, int]]:
+        """Per target, how many migrations are in each state: one grouped query, however many there are."""
+        query = sa.select(migrations.c.target, migrations.c.state, sa.func.count()).group_by(
+            migrations.c.target, migrations.c.state
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for target, state, n in conn.execute(query):
+                out.setdefault(target, {})[state] = int(n)
+        return out
 
     # -- migrations --------------------------------------------------------------------------------
 
@@ -306,7 +330,7 @@ class SqlStateStore:
             if r.name:
                 names.append(r.name)
                 continue
-            base = base_name(r.source)
+            base = database_name(r.database) if r.database else base_name(r.source)
             if base not in bases:
                 bases[base] = set(
                     conn.scalars(
@@ -490,6 +514,7 @@ def _new_row(req: MigrationRequest, name: str, now: datetime) -> dict[str, Any]:
         "mode": req.mode, "state": State.QUEUED.value, "last_backup": req.last_backup, "status": {},
         "error": None, "attempt": 1, "created_at": now, "updated_at": now,
         "last_seq": 1,  # the "created" event below
+        "database": req.database,
     }  # fmt: skip
 
 
@@ -498,7 +523,7 @@ def _record_from_values(values: dict[str, Any]) -> MigrationRecord:
         id=values["id"], name=values["name"], source=values["source"], target=values["target"],
         mode=values["mode"], state=State(values["state"]), last_backup=values["last_backup"],
         status=dict(values["status"]), created_at=values["created_at"], updated_at=values["updated_at"],
-        error=values["error"], attempt=values["attempt"],
+        error=values["error"], attempt=values["attempt"], database=values["database"],
     )  # fmt: skip
 
 

@@ -61,6 +61,7 @@ migrations = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("last_seq", sa.Integer, nullable=False),  # the newest event's seq: one counter per migration
+    sa.Column("database", sa.Text, nullable=True),  # which database of the source's store (0002)
     sa.UniqueConstraint("name", name="uq_migrations_name"),
     sa.Index("ix_migrations_state", "state"),
     sa.Index("ix_migrations_target", "target"),

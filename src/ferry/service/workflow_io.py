@@ -80,6 +80,8 @@ class CutoverSignal:
     attempt: int | None = None
     # What it is ("cutover"): another signal's payload sent under this name is refused.
     signal: str | None = None
+    # A log backup to wait for and restore last (a tail-log backup), by file name or store key.
+    last_backup: str | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class CancelSignal:
     requested_at: float
     attempt: int | None = None
     signal: str = S_CANCEL
+    drop: bool = False  # remove what was restored (SQL Server: DROP DATABASE) instead of leaving it
 
 
 @dataclass
@@ -170,6 +173,7 @@ class StepInput:
     # The state the step records as it starts (Validating, CuttingOver), when the workflow leaves that to
     # it: one round trip less between a request and the step that serves it.
     enter: str | None = None
+    drop: bool = False  # stop_target: the cancel asked to remove what was restored
 
 
 @dataclass
@@ -200,6 +204,7 @@ class CutoverInput:
     restore_seconds: float = 0.0
     replay_started_at: float | None = None
     replay_started_lsn: int | None = None
+    last_backup: str | None = None  # wait for this log backup and restore it last
 
 
 # Types each field of a parsed value may have, by the field's annotation (dataclass annotations are

@@ -121,6 +121,8 @@ class MigrationWorkflow:
         self._attempt = self._input.attempt if self._input is not None else 0
         self._cutover: io.CutoverSignal | None = None
         self._cancel = False
+        self._drop = False
+        self._prepared: io.Prepared | None = None  # once validate returned: what stop_target needs
         self._cutting = False
         self._refused = 0
 
@@ -145,6 +147,7 @@ class MigrationWorkflow:
             await self._refuse(f"a '{io.S_CANCEL}' signal", request)
         elif not self._cutting:  # a cutover that started is not stopped half way
             self._cancel = True
+            self._drop = self._drop or request.drop
 
     @workflow.signal(name=io.S_PROGRESS)
     async def progress(self, raw: Any = None) -> None:
@@ -210,7 +213,8 @@ class MigrationWorkflow:
             return self.status()
         except _Canceled:
             await self._stop_target(inp)
-            await self._record(inp, "Canceled", phase="canceled: target server stopped, folder kept")
+            left = "removed from the target" if self._drop else "left on the target as it was"
+            await self._record(inp, "Canceled", phase=f"canceled: what was restored is {left}")
             return self.status()
         except (ActivityError, ApplicationError) as err:
             self._error = failure_message(err)
@@ -234,6 +238,7 @@ class MigrationWorkflow:
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         )
+        self._prepared = prepared
         step = io.StepInput(inp, prepared)
         restored = io.RestoreDone(skipped=True)
         if prepared.phase in ("new", "interrupted"):
@@ -298,6 +303,7 @@ class MigrationWorkflow:
                 restore_seconds=restored.seconds,
                 replay_started_at=done.started_at if done else None,
                 replay_started_lsn=done.started_lsn if done else None,
+                last_backup=request.last_backup,
             ),
             result_type=dict,
             task_queue=io.ops_queue(inp.target),
@@ -344,11 +350,12 @@ class MigrationWorkflow:
         )
 
     async def _stop_target(self, inp: io.MigrationInput) -> None:
-        """Stop the target server (its folder stays). Best effort: a dead agent does not block Canceled."""
+        """Stop restoring and leave the target as it is (or remove it, when the cancel asked to drop it).
+        Best effort: a dead agent does not block Canceled."""
         try:
             await workflow.execute_activity(
                 io.A_STOP_TARGET,
-                io.StepInput(inp),
+                io.StepInput(inp, self._prepared, drop=self._drop),
                 task_queue=io.ops_queue(inp.target),
                 schedule_to_close_timeout=timedelta(minutes=5),
                 start_to_close_timeout=timedelta(minutes=2),

@@ -34,6 +34,7 @@ from ferry.engines.base import (
     SourceFiles,
     StepContext,
     StepReport,
+    TargetSpec,
     Until,
 )
 from ferry.engines.sqlserver import prepare as prep
@@ -249,6 +250,7 @@ class SqlServerMigrator:
             rep = StatusReporter(ctx.report, State.CUTTING_OVER, "cutting over", {"database": st.database})
             a = Applier(job, st, s, t, ctx, rep)
             last = self._apply_rest(job, st, a, request)
+            a.forget_position()  # the proof reads the target's restore history now, never a cached one
             view, pos = a.look()
             result = self._proof(st, pos, last, request)
             if not result["lsn_proof"]:
@@ -356,11 +358,13 @@ class SqlServerMigrator:
                 "canceled before the migration was prepared: nothing to stop", data={"seconds": 0.0}
             )
         st = SqlState.of(prepared)
-        self._work(job, st).cancel()
+        work = self._work(job, st)
+        work.cancel()
         if Settings.of(job).options.get("drop_on_cancel"):
             with self._open(job) as t:
                 pos = t.position(st.database)
-                if pos.restoring:
+                # Only a RESTORING database this migration restored (its claim): never someone else's.
+                if pos.restoring and prep.ours(work, pos, _plan_of(st)):
                     t.conn.execute(f"DROP DATABASE {quote_ident(st.database)}", "DROP DATABASE")
                     return StepReport(f"canceled; [{st.database}] dropped as asked", "DROP DATABASE")
         return StepReport(
@@ -368,6 +372,37 @@ class SqlServerMigrator:
             "RESTORE DATABASE ... WITH RECOVERY to look at it)",
             data={"database": st.database},
         )
+
+    # -- describe (the target's facts, for the service's list of targets) ------------------------------
+
+    def describe(self, target: TargetSpec) -> dict[str, Any]:
+        """Version, edition, default folders and free space of the instance: one batch of the facts
+        prepare reads (facts.py). Free space is known for volumes that hold database files."""
+        url = TargetUrl.parse(target.location)
+        options = dict(target.options)
+        login = int(options.get("login_timeout", 10))
+        with Target(Connection.open(url, password_for(url, options), login)) as t:
+            facts = t.facts()
+        data_dir = facts.default_data_dir
+        volume = facts.volume_of(data_dir) if data_dir else None
+        return {
+            "version": facts.product_version,
+            "edition": facts.edition,
+            "instance": facts.instance_name,
+            "server_name": facts.server_name,
+            "data_path": data_dir,
+            "log_path": facts.default_log_dir,
+            "volumes": [
+                {
+                    "mount_point": v.mount_point,
+                    "total_bytes": v.total_bytes,
+                    "available_bytes": v.available_bytes,
+                }
+                for v in facts.volumes
+            ],
+            "free_bytes": volume.available_bytes if volume is not None else None,
+            "databases": len(facts.databases),
+        }
 
     # -- status -----------------------------------------------------------------------------------------
 

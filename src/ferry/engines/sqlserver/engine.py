@@ -36,6 +36,11 @@ class SqlServerEngine:
     def read(self, reader: RangeReader) -> list[BackupSet]:
         return read_backup_sets(reader)
 
+    def database_of(self, backup_set: object) -> str | None:
+        """The database a backup set is of: a store holds any number of them, and the service hands each
+        migration its own database's sets only (pipeline/sources.py)."""
+        return backup_set.database_name if isinstance(backup_set, BackupSet) else None
+
     def catalog(self, sets: Sequence[object]) -> tuple[list[DatabaseCatalog], list[Finding]]:
         groups, findings = _grouped(sets)
         out = []

@@ -235,12 +235,16 @@ def plan_moves(
     facts: TargetFacts,
     probes: Mapping[str, Probe],
     own: frozenset[str] = frozenset(),
+    claimed: frozenset[str] = frozenset(),
 ) -> MovePlan:
     """Every file under `log_dir` (log files) or `data_dir` (the others), under its original file name.
     A name another database of the target uses, or that exists on disk (`probes`, from xp_fileexist), or
     that an earlier file of this restore took, gets `_2`, `_3`... Paths in `own` (the files of the database
-    this restore replaces) are free. A candidate not yet probed is returned in `unprobed`."""
-    taken = {_key(f.physical_name) for f in facts.files} - {_key(p) for p in own}
+    this restore replaces) are free; paths in `claimed` (chosen by other migrations onto the target, not
+    yet restoring) are not. A candidate not yet probed is returned in `unprobed`."""
+    taken = ({_key(f.physical_name) for f in facts.files} | {_key(p) for p in claimed}) - {
+        _key(p) for p in own
+    }
     moves: dict[str, str] = {}
     relocated: list[tuple[str, str, str]] = []
     unprobed: list[str] = []

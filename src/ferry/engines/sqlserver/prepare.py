@@ -227,7 +227,9 @@ def prepare(
     if mine:
         moves = {str(k): str(v) for k, v in dict((work.claim() or {}).get("moves") or {}).items()}
     else:
-        moves = _place_files(target, facts, s, base, database, existing, findings)
+        with work.placing() as claimed:
+            moves = _place_files(target, facts, s, base, database, existing, findings, frozenset(claimed))
+            work.place(moves)
     devices = {guid(st): [device(src.root, k, s.path_map) for k in st.backup.files] for st in src.steps}
     every = [d for ds in devices.values() for d in ds]
     found, create = pf.check_devices(every, facts, target.name, s.blob_types, bool(s.sas), s.credential)
@@ -300,12 +302,13 @@ def _place_files(
     database: str,
     existing: DatabaseRow | None,
     findings: list[Finding],
+    claimed: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
     """Where each file goes (MOVE), and whether the volumes have room for them."""
     sizes = pf.file_sizes([st.backup for st in base])
     replaced = facts.files_of(existing.database_id) if existing else []
     own = frozenset(f.physical_name for f in replaced)
-    moves, move_plan = _moves(target, facts, s, [f for f, _ in sizes.values()], own)
+    moves, move_plan = _moves(target, facts, s, [f for f, _ in sizes.values()], own, claimed)
     findings += pf.move_findings(move_plan, target.name, database)
     freed = [(f.physical_name, f.size) for f in replaced]
     findings += pf.check_space({k: v for k, (_, v) in sizes.items()}, moves, facts, target.name, freed)
@@ -337,7 +340,12 @@ def _floor(pos: Position) -> int:
 
 
 def _moves(
-    target: Target, facts: TargetFacts, s: Settings, files: list[DatabaseFile], own: frozenset[str]
+    target: Target,
+    facts: TargetFacts,
+    s: Settings,
+    files: list[DatabaseFile],
+    own: frozenset[str],
+    claimed: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, str], pf.MovePlan]:
     data = s.data_dir or facts.default_data_dir
     log = s.log_dir or facts.default_log_dir
@@ -349,7 +357,7 @@ def _moves(
                      "give --data-dir and --log-dir: folders on the target for the database's files")],
         )  # fmt: skip
     probes = dict(facts.probes)
-    plan = pf.plan_moves(files, data, log, facts, probes, own)
+    plan = pf.plan_moves(files, data, log, facts, probes, own, claimed)
     for _ in range(PROBE_ROUNDS):
         if not plan.unprobed:
             break
@@ -357,7 +365,7 @@ def _moves(
         if not answers:  # xp_fileexist refused: the names stand; RESTORE itself refuses an existing file
             break
         probes.update(answers)
-        plan = pf.plan_moves(files, data, log, facts, probes, own)
+        plan = pf.plan_moves(files, data, log, facts, probes, own, claimed)
     return plan.moves, plan
 
 

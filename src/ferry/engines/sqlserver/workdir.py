@@ -8,6 +8,9 @@ drives it, one folder per target instance and database:
         cutover.request   `ferry cutover` asks the running `ferry migrate` to cut over (it survives a kill)
         result.json       the cutover's result, returned again by a cutover run on a database already online
         canceled          written by a cancel: later attempts apply no more logs
+        placed.json       where this migration's files go, written as it chooses (before claim.json): the
+                          migrations of one instance prepared at once never choose the same file name,
+                          which neither sees on the target until its RESTORE DATABASE starts
 
 The work root is the target's `work_dir` option, else FERRY_HOME/sqlserver, else
 $XDG_DATA_HOME/ferry/sqlserver (~/.local/share/ferry/sqlserver). Everything else is asked of the target.
@@ -16,12 +19,13 @@ $XDG_DATA_HOME/ferry/sqlserver (~/.local/share/ferry/sqlserver). Everything else
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from ferry.engines.base import CutoverRequest
 from ferry.engines.sqlserver.connection import TargetUrl
 
 CLAIM, REQUEST, RESULT, CANCELED = "claim.json", "cutover.request", "result.json", "canceled"
+PLACED, PLACING_LOCK = "placed.json", ".placing.lock"
 
 
 def work_root(options: Mapping[str, Any] | None = None) -> Path:
@@ -81,8 +86,32 @@ class WorkFolder:
 
     def forget(self) -> None:
         """The migration is over or replaced: a new one of the same database starts from scratch."""
+        # Not placed.json: a new migration of the database forgets the old one just before it claims the
+        # files it has placed, and in between the others must still see them as taken.
         for name in (CLAIM, REQUEST, RESULT, CANCELED):
             (self.path / name).unlink(missing_ok=True)
+
+    # -- file placement ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def placing(self) -> Iterator[set[str]]:
+        """One migration of this instance at a time chooses where its files go. Yields the paths the other
+        migrations of the instance chose (in their placed.json or claim.json); `place` records this one's
+        choice before the lock is let go."""
+        instance = self.path.parent
+        instance.mkdir(parents=True, exist_ok=True)
+        with open(instance / PLACING_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # across the agents sharing this work root too
+            taken: set[str] = set()
+            for doc_path in (*instance.glob(f"*/{PLACED}"), *instance.glob(f"*/{CLAIM}")):
+                if doc_path.parent == self.path:
+                    continue
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    doc = json.loads(doc_path.read_text(encoding="utf-8"))
+                    taken.update(str(p) for p in dict(doc.get("moves") or {}).values())
+            yield taken
+
+    def place(self, moves: Mapping[str, str]) -> None:
+        self._write(PLACED, {"moves": dict(moves)})
 
     # -- the cutover request -----------------------------------------------------------------------------
     def request_cutover(self, last_backup: str | None = None) -> CutoverRequest:

@@ -1,7 +1,8 @@
 """The REST API (FastAPI, OpenAPI at /openapi.json and /docs), under /api/v1, one module per resource:
-`migrations` (create, list, show, cancel, retry), `cutover`, `events`, `targets` (and health); `errors`
-holds the one error shape, `guard` the token and body checks in front of everything, `models` the request
-and answer models, `schema` the OpenAPI document.
+`migrations` (create, list, show, cancel, retry), `cutover`, `events`, `targets` (and health), `scans`;
+`errors` holds the one error shape, `guard` the token and body checks in front of everything, `models`
+and `scan_models` the request and answer models, `schema` the OpenAPI document. Every route returns its
+answer model: FastAPI checks what is sent against it, so the OpenAPI document is what is sent.
 
 It depends on the StateStore and Orchestrator protocols only. Pydantic lives here, at the edge: request
 bodies are validated into models, turned into the contract's dataclasses, and records go out as JSON with
@@ -26,7 +27,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ferry import __version__
-from ferry.service.api import cutover, events, migrations
+from ferry.service.api import cutover, events, migrations, scans
 from ferry.service.api import targets as target_routes
 from ferry.service.api.common import Service, TargetInfo
 from ferry.service.api.errors import PREFIX, ApiError, install_error_handlers, unauthorized
@@ -40,8 +41,11 @@ from ferry.service.api.models import (
     MigrationOne,
     TargetList,
 )
+from ferry.service.api.scan_models import ScanIn, ScanOut
 from ferry.service.api.schema import Document
+from ferry.service.api.targets import StoreTargets
 from ferry.service.contracts import Orchestrator, StateStore
+from ferry.service.scans import ScanJobs
 
 __all__ = [
     "MAX_BODY",
@@ -53,6 +57,10 @@ __all__ = [
     "MigrationIn",
     "MigrationList",
     "MigrationOne",
+    "ScanIn",
+    "ScanJobs",
+    "ScanOut",
+    "StoreTargets",
     "TargetInfo",
     "TargetList",
     "create_app",
@@ -76,8 +84,10 @@ def create_app(
     token_check: Callable[[str], bool],
     targets: Mapping[str, TargetInfo] | None = None,
     max_body: int = MAX_BODY,
+    scan_jobs: ScanJobs | None = None,
 ) -> FastAPI:
-    """The API app. `targets`: the targets migrations may go to (None: the store alone decides)."""
+    """The API app. `targets`: the targets migrations may go to (None: the store alone decides);
+    `scan_jobs`: where scans run (their timeout)."""
     app = FastAPI(
         title="Ferry",
         version=__version__,
@@ -98,6 +108,7 @@ def create_app(
     protected.include_router(cutover.router(service))
     protected.include_router(migrations.router(service))
     protected.include_router(events.router(service))
+    protected.include_router(scans.router(scan_jobs or ScanJobs()))
     app.include_router(protected)
     app.openapi = Document(app, targets)  # type: ignore[method-assign]
     # Outermost: nothing, not even FastAPI's own error handling, runs before the token is checked.

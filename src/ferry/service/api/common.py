@@ -12,7 +12,7 @@ from anyio import to_thread
 
 from ferry.core.redact import redact_location, redact_text, redact_value
 from ferry.service.api.errors import ApiError, log
-from ferry.service.contracts import Event, MigrationRecord, Orchestrator, StateStore
+from ferry.service.contracts import Event, MigrationRecord, Orchestrator, StateStore, WorkflowEnded
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -20,12 +20,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """A target the service knows: its agent's task queue is derived from the name."""
+    """A target the service knows: its agent's task queue is derived from the name. What its agent
+    registered: the engine, where it restores, its restore limit, and the facts it last read from it."""
 
     name: str
     engine: str = "postgres"
     host: str | None = None
     description: str = ""
+    location: str | None = None
+    concurrency: int | None = None
+    agent: bool = False
+    facts: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
@@ -85,6 +90,8 @@ async def one(service: Service, ref: str) -> MigrationRecord:
 async def orchestrate(what: str, call: Awaitable[None]) -> None:
     try:
         await call
+    except WorkflowEnded:
+        raise  # not the orchestrator's failure: the route answers it from the migration's state
     except Exception as exc:
         message = redact_text(str(exc))
         log.warning("orchestrator refused to %s: %s", what, message)

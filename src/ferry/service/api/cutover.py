@@ -10,10 +10,10 @@ answer's size does not grow with a list of made-up ids.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from ferry.core.migration import State
 from ferry.core.redact import redact_text
@@ -30,9 +30,10 @@ SIGNALS_AT_ONCE = 64  # cutover signals in flight to Temporal at once
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["migrations"])
 
-    async def cutover(body: CutoverIn) -> JSONResponse:
+    async def cutover(body: CutoverIn) -> dict[str, Any]:
         records = await _candidates(service, body)
-        _check_lsns(body, records)
+        _check_named(body.final_lsn, "final_lsn", "a final LSN", body.all_ready, records)
+        _check_named(body.last_backup, "last_backup", "a last backup", body.all_ready, records)
         accepted: list[tuple[MigrationRecord, str | None]] = []
         rejected: list[dict[str, Any]] = []
         for r in records:
@@ -45,8 +46,9 @@ def router(service: Service) -> APIRouter:
         gate = asyncio.Semaphore(SIGNALS_AT_ONCE)
 
         async def signal(record: MigrationRecord, lsn: str | None) -> None:
+            last = body.last_backup.get(record.id) or body.last_backup.get(record.name)
             async with gate:
-                await service.orchestrator.cutover(record.id, lsn, record.attempt)
+                await service.orchestrator.cutover(record.id, lsn, record.attempt, last_backup=last)
 
         results = await asyncio.gather(*(signal(r, lsn) for r, lsn in accepted), return_exceptions=True)
         done: list[tuple[MigrationRecord, str | None]] = []
@@ -57,7 +59,7 @@ def router(service: Service) -> APIRouter:
                 rejected.append(_rejection(r, "orchestrator_unavailable", f"could not signal: {shown}"))
             else:
                 done.append((r, lsn))
-        await db(_record, service, done)
+        await db(_record, service, done, body.last_backup)
         if not done and rejected and not body.all_ready:
             first = rejected[0]
             status = 503 if all(x["code"] == "orchestrator_unavailable" for x in rejected) else 409
@@ -70,8 +72,12 @@ def router(service: Service) -> APIRouter:
                 "--state ReadyForCutover` shows them",
                 {"rejected": rejected[:LISTED], "rejected_count": len(rejected)},
             )
-        out = [{"id": r.id, "name": r.name, "state": r.state.value, "final_lsn": lsn} for r, lsn in done]
-        return JSONResponse({"accepted": out, "rejected": rejected}, status_code=202)
+        out = [
+            {"id": r.id, "name": r.name, "state": r.state.value, "final_lsn": lsn,
+             "last_backup": body.last_backup.get(r.id) or body.last_backup.get(r.name)}
+            for r, lsn in done
+        ]  # fmt: skip
+        return {"accepted": out, "rejected": rejected}
 
     api.add_api_route(
         "/migrations/cutover",
@@ -79,6 +85,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=CutoverOut,
+        response_model_exclude_unset=True,
         responses=responses(400, 401, 404, 409, 413, 503),
         summary="Cut over one, many, or all ready migrations",
     )
@@ -134,8 +141,14 @@ async def _candidates(service: Service, body: CutoverIn) -> list[MigrationRecord
     return list(unique.values())
 
 
-def _record(service: Service, done: list[tuple[MigrationRecord, str | None]]) -> None:
-    events = [(r.id, "info", "cutover requested", {"by": "api", "final_lsn": lsn}) for r, lsn in done]
+def _record(
+    service: Service, done: list[tuple[MigrationRecord, str | None]], last: Mapping[str, str]
+) -> None:
+    events = [
+        (r.id, "info", "cutover requested",
+         {"by": "api", "final_lsn": lsn, "last_backup": last.get(r.id) or last.get(r.name)})
+        for r, lsn in done
+    ]  # fmt: skip
     many = getattr(service.store, "append_events", None)
     if callable(many):
         many(events)  # one transaction for all of them
@@ -148,16 +161,18 @@ def _rejection(record: MigrationRecord, code: str, reason: str) -> dict[str, Any
     return {"id": record.id, "name": record.name, "state": record.state.value, "code": code, "reason": reason}
 
 
-def _check_lsns(body: CutoverIn, records: list[MigrationRecord]) -> None:
-    # The LSNs' form is checked by the model (its pattern is in the schema).
+def _check_named(
+    given: Mapping[str, str], field: str, what: str, all_ready: bool, records: list[MigrationRecord]
+) -> None:
+    """`final_lsn` and `last_backup` name migrations of `ids` only (their values' form is the model's)."""
     refs = {r.id for r in records} | {r.name for r in records}
-    stray = sorted(k for k in body.final_lsn if k not in refs)
-    if stray and not body.all_ready:
+    stray = sorted(k for k in given if k not in refs)
+    if stray and not all_ready:
         raise ApiError(
             400,
             "invalid_request",
-            f"final_lsn names {', '.join(stray[:5])}{' and more' if len(stray) > 5 else ''}, "
+            f"{field} names {', '.join(stray[:5])}{' and more' if len(stray) > 5 else ''}, "
             "which is not in ids",
-            "give a final LSN only for migrations you cut over",
+            f"give {what} only for migrations you cut over",
             {"stray": stray[:LISTED]},
         )

@@ -195,7 +195,7 @@ class ErrorResponse(BaseModel):
 _ANSWERS = {
     400: "Malformed or unusable input",
     401: "Missing or wrong bearer token",
-    404: "Unknown migration",
+    404: "Unknown migration or scan",
     409: "The migration's state does not allow it",
     413: "The request body is larger than the API takes (2 MiB)",
     503: "The orchestrator could not be reached",

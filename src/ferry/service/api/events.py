@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from ferry.service.api.common import Service, db, event_json, one
 from ferry.service.api.errors import responses
@@ -22,17 +21,18 @@ def router(service: Service) -> APIRouter:
     async def list_events(
         migration_id: str,
         after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")] = 0,
-    ) -> JSONResponse:
+    ) -> dict[str, Any]:
         record = await one(service, migration_id)
         found = await db(service.store.events, record.id, after)
         last = found[-1].seq if found else after
-        return JSONResponse({"events": [event_json(e) for e in found], "last_seq": last})
+        return {"events": [event_json(e) for e in found], "last_seq": last}
 
     api.add_api_route(
         "/migrations/{migration_id}/events",
         list_events,
         methods=["GET"],
         response_model=EventList,
+        response_model_exclude_unset=True,
         responses=responses(400, 401, 404),
         summary="A migration's event log, oldest first",
     )

@@ -11,10 +11,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
 from ferry.core.errors import UsageError
 from ferry.core.migration import TRANSITIONS, InvalidTransition, State
@@ -22,7 +21,7 @@ from ferry.core.redact import redact_text
 from ferry.service.api.common import Service, db, one, orchestrate, record_json
 from ferry.service.api.errors import ApiError, log, responses
 from ferry.service.api.models import CreateBody, MigrationIn, MigrationList, MigrationOne
-from ferry.service.contracts import MigrationRecord
+from ferry.service.contracts import MigrationRecord, WorkflowEnded
 from ferry.service.store import StateConflict
 from ferry.stores.registry import check_location
 
@@ -30,7 +29,7 @@ from ferry.stores.registry import check_location
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["migrations"])
 
-    async def create(body: CreateBody) -> JSONResponse:
+    async def create(body: CreateBody) -> dict[str, Any]:
         items = body.root
         _check_targets(service, items)
         _check_sources(items)
@@ -46,20 +45,29 @@ def router(service: Service) -> APIRouter:
                 getattr(exc, "details", None),
             ) from None
         await _start(service, records)
-        return JSONResponse({"migrations": [record_json(r) for r in records]}, status_code=201)
+        return {"migrations": [record_json(r) for r in records]}
 
     async def list_migrations(
         state: Annotated[State | None, Query(description="Only migrations in this state.")] = None,
         target: Annotated[str | None, Query(description="Only migrations onto this target.")] = None,
-    ) -> JSONResponse:
+    ) -> dict[str, Any]:
         records = await db(service.store.find, state, target)
-        return JSONResponse({"migrations": [record_json(r) for r in records]})
+        return {"migrations": [record_json(r) for r in records]}
 
-    async def get_migration(migration_id: str) -> JSONResponse:
+    async def get_migration(migration_id: str) -> dict[str, Any]:
         record = await one(service, migration_id)
-        return JSONResponse({"migration": record_json(record)})
+        return {"migration": record_json(record)}
 
-    async def cancel(migration_id: str) -> JSONResponse:
+    async def cancel(
+        migration_id: str,
+        drop: Annotated[
+            bool,
+            Query(
+                description="Remove what was restored (SQL Server: DROP DATABASE of the RESTORING database) "
+                "instead of leaving it for inspection."
+            ),
+        ] = False,
+    ) -> dict[str, Any]:
         record = await one(service, migration_id)
         refusal = _cancel_refusal(record)
         if refusal:
@@ -70,11 +78,25 @@ def router(service: Service) -> APIRouter:
                 f"see its state and events: `ferry migrations show {record.id}`",
                 {"state": record.state.value},
             )
-        await orchestrate(f"cancel '{record.name}'", service.orchestrator.cancel(record.id, record.attempt))
-        await db(service.store.append_event, record.id, "info", "cancel requested", {"by": "api"})
-        return JSONResponse({"migration": record_json(record)}, status_code=202)
+        try:
+            call = service.orchestrator.cancel(record.id, record.attempt, drop=drop)
+            await orchestrate(f"cancel '{record.name}'", call)
+        except WorkflowEnded:
+            # It ended between the read above and the signal (or ended without recording it): nothing
+            # left to cancel, which is the caller's state problem, not the orchestrator's.
+            now = await one(service, migration_id)
+            raise ApiError(
+                409,
+                "wrong_state",
+                f"cannot cancel '{now.name}': its workflow has ended ({now.state.value})",
+                f"see its state and events: `ferry migrations show {now.id}`",
+                {"state": now.state.value},
+            ) from None
+        asked = {"by": "api", "drop": drop}
+        await db(service.store.append_event, record.id, "info", "cancel requested", asked)
+        return {"migration": record_json(record)}
 
-    async def retry(migration_id: str) -> JSONResponse:
+    async def retry(migration_id: str) -> dict[str, Any]:
         record = await one(service, migration_id)
         if record.state is not State.FAILED:
             raise _not_failed(record.name, record.state)
@@ -89,7 +111,7 @@ def router(service: Service) -> APIRouter:
             with contextlib.suppress(InvalidTransition):  # its new run did start and moved on
                 await db(service.store.set_state, record.id, State.FAILED, None, exc.message + before)
             raise
-        return JSONResponse({"migration": record_json(queued)}, status_code=202)
+        return {"migration": record_json(queued)}
 
     add = api.add_api_route
     add(
@@ -98,6 +120,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=201,
         response_model=MigrationList,
+        response_model_exclude_unset=True,
         responses=responses(400, 401, 409, 413, 503),
         summary="Create migrations: one, or many all-or-nothing",
     )
@@ -106,6 +129,7 @@ def router(service: Service) -> APIRouter:
         list_migrations,
         methods=["GET"],
         response_model=MigrationList,
+        response_model_exclude_unset=True,
         responses=responses(400, 401),
         summary="List migrations, by state and target",
     )
@@ -114,6 +138,7 @@ def router(service: Service) -> APIRouter:
         get_migration,
         methods=["GET"],
         response_model=MigrationOne,
+        response_model_exclude_unset=True,
         responses=responses(401, 404),
         summary="One migration with its status details (by id or name)",
     )
@@ -123,7 +148,8 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=MigrationOne,
-        responses=responses(401, 404, 409, 503),
+        response_model_exclude_unset=True,
+        responses=responses(400, 401, 404, 409, 503),
         summary="Cancel a migration",
     )
     add(
@@ -132,6 +158,7 @@ def router(service: Service) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=MigrationOne,
+        response_model_exclude_unset=True,
         responses=responses(401, 404, 409, 503),
         summary="Retry a Failed migration",
     )

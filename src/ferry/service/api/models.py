@@ -49,6 +49,11 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_s
 FileName = Annotated[
     str, StringConstraints(min_length=1, max_length=1024, pattern=NO_NUL), AfterValidator(_storable)
 ]
+# A database's name as its engine has it (SQL Server: sysname, up to 128 characters; PostgreSQL: a
+# cluster's system identifier).
+Database = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL), AfterValidator(_storable)
+]
 
 
 def _migration_schema(schema: dict[str, Any]) -> None:
@@ -75,8 +80,15 @@ class MigrationIn(BaseModel):
         min_length=1, max_length=128, pattern=NO_NUL, description="Name of a target the service knows."
     )
     mode: Literal["online", "offline"] = "online"
-    name: Name | None = Field(None, description="Unique; default: the source folder's name, numbered.")
+    name: Name | None = Field(
+        None, description="Unique; default: the database's name, else the source folder's, numbered."
+    )
     last_backup: FileName | None = Field(None, description="Offline only: stop after restoring this file.")
+    database: Database | None = Field(
+        None,
+        description="Which database of the source's store (SQL Server: its name; PostgreSQL: the cluster's "
+        "system identifier); leave it out when the store holds one. `POST /api/v1/scans` lists them.",
+    )
 
     @model_validator(mode="after")
     def _last_backup_is_offline(self) -> MigrationIn:
@@ -85,7 +97,9 @@ class MigrationIn(BaseModel):
         return self
 
     def request(self) -> MigrationRequest:
-        return MigrationRequest(self.source, self.target, self.mode, self.name, self.last_backup)
+        return MigrationRequest(
+            self.source, self.target, self.mode, self.name, self.last_backup, self.database
+        )
 
 
 class CreateBody(RootModel[list[MigrationIn]]):
@@ -141,12 +155,28 @@ class CutoverIn(BaseModel):
         description="Per migration of `ids` (id or name): replay at least to this LSN before cutting over.",
         json_schema_extra={"additionalProperties": False},  # keys are ids or names, nothing else
     )
+    last_backup: dict[Ref, FileName] = Field(
+        {},
+        max_length=MAX_CUTOVER,
+        description="Per migration of `ids` (id or name): wait for this log backup (the tail-log backup, by "
+        "file name or store key) and restore it last (SQL Server).",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+
+# A file's status. PostgreSQL's WAL segments: arrived, restoring, restored, skipped. SQL Server's backups,
+# in the words of Azure DMS: Arrived (a log before it is missing), Queued, Restoring, Restored, Skipped
+# (with the reason), Held (still being written).
+FileStatus = Literal[
+    "arrived", "restoring", "restored", "skipped",
+    "Arrived", "Queued", "Restoring", "Restored", "Skipped", "Held",
+]  # fmt: skip
 
 
 class BackupFileOut(BaseModel):
     name: str
-    status: Literal["arrived", "restoring", "restored", "skipped"]
-    reason: str | None = Field(None, description="Why a file was skipped.")
+    status: FileStatus
+    reason: str | None = Field(None, description="Why a file was skipped or held.")
     size: int | None = Field(None, description="Bytes (log backups).")
 
 
@@ -161,12 +191,28 @@ class BackupSetOut(BaseModel):
         None, description="Log backups: how many files have each status, over the whole set."
     )
     shown: int | None = Field(None, description="Log backups: how many of them `files` lists.")
+    # SQL Server: one set per backup, with its own status.
+    status: FileStatus | None = Field(None, description="SQL Server: the backup's status.")
+    reason: str | None = Field(None, description="SQL Server: why it is skipped, held or waiting.")
+    backup_set_id: str | None = Field(None, description="SQL Server: its BackupSetGUID.")
+    first_lsn: str | None = None
+    last_lsn: str | None = None
+    finished: str | None = Field(None, description="SQL Server: when the backup finished, on the source.")
+    size: int | None = Field(None, description="SQL Server: bytes of the backup's files.")
 
 
 class StatusDetailsOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     full_backup_restored: bool | None = None
     backup_sets: list[BackupSetOut] = Field([], description="The active backup sets and their files.")
+    database: str | None = Field(None, description="SQL Server: the database's name on the target.")
+    last_restored_lsn: str | None = Field(
+        None, description="SQL Server: LastLSN of the last backup restored (the target's restore history)."
+    )
+    counts: dict[str, int] | None = Field(
+        None, description="SQL Server: backups restored, pending and skipped (the list is bounded)."
+    )
+    queued: int | None = Field(None, description="SQL Server: log backups the chain reaches, next in line.")
 
 
 class StatusOut(BaseModel):
@@ -197,6 +243,7 @@ class MigrationOut(BaseModel):
     id: str
     name: str
     source: str = Field(description="As given, with any password or secret parameter shown as ***.")
+    database: str | None = Field(None, description="Which database of the source's store (null: its only).")
     target: str
     mode: Literal["online", "offline"]
     state: State
@@ -235,6 +282,7 @@ class CutoverAccepted(BaseModel):
     name: str
     state: State
     final_lsn: str | None = None
+    last_backup: str | None = None
 
 
 class CutoverRejected(BaseModel):
@@ -250,11 +298,41 @@ class CutoverOut(BaseModel):
     rejected: list[CutoverRejected]
 
 
+class VolumeOut(BaseModel):
+    mount_point: str
+    total_bytes: int | None = None
+    available_bytes: int | None = None
+
+
+class TargetFactsOut(BaseModel):
+    """What the target's agent last read from the target itself (at most once a minute)."""
+
+    model_config = ConfigDict(extra="allow")
+    read_at: str | None = Field(None, description="When the agent read them.")
+    error: str | None = Field(None, description="Why the last read failed (the facts before it stay).")
+    version: str | None = Field(None, description="SQL Server: ProductVersion.")
+    edition: str | None = None
+    instance: str | None = Field(None, description="SQL Server: the instance's name (null: the default one).")
+    server_name: str | None = None
+    data_path: str | None = Field(None, description="SQL Server: the instance's default data folder.")
+    log_path: str | None = Field(None, description="SQL Server: the instance's default log folder.")
+    volumes: list[VolumeOut] = Field([], description="Volumes that hold database files, with free space.")
+    free_bytes: int | None = Field(None, description="Free bytes on the volume of the default data folder.")
+
+
 class TargetOut(BaseModel):
     name: str
-    engine: str
-    host: str | None
+    engine: str = Field(description="sqlserver or postgres: which migrator restores onto it.")
+    host: str | None = Field(description="The host its agent runs on.")
     description: str
+    location: str | None = Field(None, description="The instance (mssql://...) or the folder it restores to.")
+    concurrency: int | None = Field(None, description="Full backups it restores at once.")
+    agent: bool = Field(False, description="Whether an agent serves it (registered itself).")
+    running: int = Field(0, description="Its migrations not finished (not Succeeded, Failed or Canceled).")
+    restoring: int = Field(0, description="Its migrations restoring a full backup now (RestoringFull).")
+    facts: TargetFactsOut | None = Field(
+        None, description="Read from the target by its agent (null: not yet)."
+    )
 
 
 class TargetList(BaseModel):
