@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.agent.local import LocalAgents, Reach
-from ferry.agent.worker import prepare_root, register, running
+from ferry.agent.worker import prepare_root, register, running, target_workers
 from ferry.core.migration import State
 from ferry.service.activities import TargetConfig
 from ferry.service.codec import KEY_FILE, create_key
@@ -133,10 +133,17 @@ def cpu_line(what: str, cpu: tuple[float, float, float], meter: tuple[int, float
 
 
 async def lifecycle_run(
-    root: Path, cfg: TargetConfig, reqs: list[MigrationRequest], final_lsns: list[str | None], verbose: bool
+    root: Path,
+    cfg: TargetConfig,
+    reqs: list[MigrationRequest],
+    final_lsns: list[str | None],
+    verbose: bool,
+    in_process: bool = False,
 ) -> dict[str, float]:
     """One bulk online migration of `reqs` onto a fresh target `cfg`: create all, all ReadyForCutover, cut
-    all over, all Succeeded. The run's medians (details if `verbose`)."""
+    all over, all Succeeded. The run's medians (details if `verbose`). `in_process`: the target's workers
+    run in this process, beside the workflows (as `ferry serve` ran its local targets before), for a
+    comparison."""
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
     store_url = f"sqlite:///{root / 'state.db'}"
@@ -150,8 +157,9 @@ async def lifecycle_run(
         register(store, cfg)
         orch = TemporalOrchestrator(client, store)
         reach = Reach(dev.address, root / KEY_FILE, store_url, tls=dev.tls or TemporalTls())
-        agents = LocalAgents([cfg], reach, root)
-        async with running([control_worker(client, store)]):
+        agents = LocalAgents([] if in_process else [cfg], reach, root)
+        inside = target_workers(client, store, cfg) if in_process else []
+        async with running([control_worker(client, store), *inside]):
             if await agents.start():
                 raise SystemExit(f"error: the agent of target {cfg.name} did not start")
             try:

@@ -92,7 +92,9 @@ def main() -> int:
     rows: list[tuple[str, float, str, str]] = []
     try:
         if args.sources:
-            rows += asyncio.run(part_pg(root / "pg", args.sources, args.runs, args.keep))
+            rows += asyncio.run(
+                part_pg(root / "pg", args.sources, args.runs, args.keep, args.compare_in_process)
+            )
         if args.mssql:
             from bench.orchestration_mssql import part_mssql
 
@@ -180,6 +182,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--noop-timeout", type=float, default=600, help="give up on part 2 after this many s (600)"
     )
+    p.add_argument(
+        "--compare-in-process",
+        action="store_true",
+        help="part 1 also with the agent's workers in the benchmark's process, interleaved, for a comparison",
+    )
     p.add_argument("--runs", type=int, default=5, help="timed runs of each part (default 5; medians)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (servers are stopped anyway)")
     return p.parse_args()
@@ -213,13 +220,17 @@ def make_source(folder: Path) -> tuple[Any, str]:
     return src, lsn
 
 
-async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, float, str, str]]:
+async def part_pg(
+    root: Path, n: int, runs: int, keep: bool, compare: bool = False
+) -> list[tuple[str, float, str, str]]:
     from tests.integration.pgsource import require_postgres
 
     require_postgres()
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    print(f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, real agent workers ==")
+    print(
+        f"\n== 1. {n} small PostgreSQL sources ({2 * ROWS} rows each), online, onto a target served by a `ferry agent` process =="
+    )
     t0 = time.perf_counter()
     with ThreadPoolExecutor(min(4, n)) as pool:
         made = list(pool.map(lambda i: make_source(root / f"db{i:02d}"), range(n)))
@@ -228,7 +239,15 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
         f"segment was archived); {runs} runs, each with a fresh Temporal, state store and target"
     )
     results: list[dict[str, float]] = []
+    inside: list[float] = []
     for i in range(runs):
+        if compare:  # interleaved, so that both see the same load
+            before = await pg_run(root / f"inproc{i + 1}", made, verbose=False, in_process=True)
+            forget(root / f"inproc{i + 1}", keep)
+            inside.append(before["overhead"])
+            print(
+                f"  run {i + 1}, agent workers in the benchmark's process: overhead per DB median {before['overhead']:.2f} s"
+            )
         run = await pg_run(root / f"run{i + 1}", made, verbose=i == runs - 1)
         forget(root / f"run{i + 1}", keep)
         results.append(run)
@@ -244,6 +263,11 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
         f"  over {runs} runs: orchestration overhead per DB {over:.2f} s (median of the runs' medians; "
         f"runs: {each})"
     )
+    if inside:
+        print(
+            f"  the same runs with the agent's workers in the benchmark's process: {statistics.median(inside):.2f} s "
+            f"(runs: {', '.join(f'{x:.2f}' for x in inside)})"
+        )
     return [
         (
             f"1. {n} PostgreSQL DBs: orchestration overhead per DB (median)",
@@ -255,12 +279,15 @@ async def part_pg(root: Path, n: int, runs: int, keep: bool) -> list[tuple[str, 
     ]
 
 
-async def pg_run(root: Path, made: list[tuple[Any, str]], verbose: bool) -> dict[str, float]:
-    """One bulk migration of the sources onto a fresh target served by its own agent process."""
+async def pg_run(
+    root: Path, made: list[tuple[Any, str]], verbose: bool, in_process: bool = False
+) -> dict[str, float]:
+    """One bulk migration of the sources onto a fresh target served by its own agent process (or, for a
+    comparison, by workers in this process)."""
     cfg = TargetConfig("pg", root / "targets", DEFAULT_CONCURRENCY)
     reqs = [MigrationRequest(str(s.store), "pg", "online", f"db{i:02d}") for i, (s, _) in enumerate(made)]
     try:
-        return await lifecycle_run(root, cfg, reqs, [lsn for _, lsn in made], verbose)
+        return await lifecycle_run(root, cfg, reqs, [lsn for _, lsn in made], verbose, in_process)
     finally:
         stop_targets(cfg.root)
 

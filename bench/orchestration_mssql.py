@@ -61,7 +61,7 @@ def start_model(state: Path, store: Path) -> tuple[subprocess.Popen[str], int]:
     os.symlink(store, state / "fs" / "store")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.mssql_model", "--state", str(state), "--port", "0",
-         "--restore-mbps", "2000", "--min-restore-seconds", "0.01"],
+         "--restore-mbps", "2000", "--min-restore-seconds", "0.01", "--lazy-state"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -93,11 +93,11 @@ async def mssql_run(root: Path, store: Path, names: list[str], verbose: bool) ->
         )  # fmt: skip
         reqs = [MigrationRequest(str(store), "ms", "online", name, database=name) for name in names]
         result = await lifecycle_run(root / "run", cfg, reqs, [None] * len(names), verbose)
-        check_restored(root / "model", names)
-        return result
     finally:
-        model.terminate()
+        model.terminate()  # it writes its state file as it stops
         model.wait(30)
+    check_restored(root / "model", names)
+    return result
 
 
 async def part_mssql(

@@ -70,6 +70,7 @@ from ferry.engines.postgres.source import (
 from ferry.engines.postgres.target import RETRY_INTERVAL, PostgresTarget
 from ferry.engines.postgres.wal import DEFAULT_SEGMENT_SIZE, format_lsn, parse_lsn, parse_segment_name
 from ferry.pipeline.migrate import Migration, Outcome
+from pg_store_replay import measure_store_replay  # bench/pg_store_replay.py: part 2b
 
 BENCH = Path(__file__).resolve().parent
 PG_MAJOR = 15
@@ -78,6 +79,7 @@ GB = 1_000_000_000
 TARGET_RESTORE_RATIO = 0.9
 TARGET_REPLAY_RATIO = 0.9
 TARGET_DOWNTIME_S = 3.0
+PARTS = ("restore", "replay", "store-replay", "cutover")
 PGBACKREST_PROCESSES = (1, 2)
 # Each run of a measurement shorter than this gets `--runs` repetitions; longer ones get 3.
 LONG_RUN_S = 20.0
@@ -131,10 +133,15 @@ def main() -> int:
     report = Report()
     try:
         src = build_main_source(env, int(args.size_gb * GB), int(args.wal_gb * GB), report)
-        peer = measure_restore(env, src, args.runs, report)
-        measure_replay(env, src, args.runs, report)
-        measure_cutover(env, args.runs, report)
-        print_peer(env, src, peer)
+        peer = measure_restore(env, src, args.runs, report) if "restore" in args.parts else None
+        if "replay" in args.parts:
+            measure_replay(env, src, args.runs, report)
+        if "store-replay" in args.parts:
+            measure_store_replay(env, src, args.runs, ferry_replay, report)
+        if "cutover" in args.parts:
+            measure_cutover(env, args.runs, report)
+        if peer is not None:
+            print_peer(env, src, peer)
         report.summary()
     finally:
         env.cleanup(keep=args.keep)
@@ -149,7 +156,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="timed runs of each measurement (default 5)")
     p.add_argument("--data", default=str(BENCH / ".data"), help="where the work folder goes (bench/.data)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (servers are stopped anyway)")
+    p.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
+    )
     args = p.parse_args()
+    args.parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    if unknown := sorted(set(args.parts) - set(PARTS)):
+        raise SystemExit(f"error: unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     if args.runs < 1 or args.size_gb <= 0 or args.wal_gb <= 0:
         raise SystemExit("error: --runs, --size-gb and --wal-gb must be positive")
     return args
@@ -747,8 +762,11 @@ def spool_misses(log: Path, first: int, last: int) -> int:
     return sum(1 for n in segnos if first <= n <= last)
 
 
-def ferry_replay(env: Env, src: MainSource, work: Path, i: int) -> tuple[float, dict[str, Any]]:
-    """An online Migration; seconds from its server start until replay reached the archive's end."""
+def ferry_replay(
+    env: Env, src: MainSource, work: Path, i: int, location: str | None = None
+) -> tuple[float, dict[str, Any]]:
+    """An online Migration from `location` (default: the local store); seconds from its server start
+    until replay reached the archive's end."""
     root = work / f"ferry-{i}"
     log = work / f"ferry-{i}-misses.log"
     port = free_port()
@@ -784,7 +802,7 @@ def ferry_replay(env: Env, src: MainSource, work: Path, i: int) -> tuple[float, 
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    spec = MigrationSpec(str(src.store), root, online=True, port=port)
+    spec = MigrationSpec(location or str(src.store), root, online=True, port=port)
     try:
         with counting_spool_misses(env, log):
             Migration(spec, report, cutover).run()

@@ -59,7 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "/api/v1/migrations",
         json=[
             {
-                "source": f"file://ferry:{SECRET}@localhost/srv/backups/victim",
+                "source": f"smb://ferry:{SECRET}@localhost/backups/victim",
                 "target": "remote",
                 "name": "victim",
             },
@@ -146,7 +146,7 @@ def test_without_ferrys_certificate_nobody_reaches_temporal(served: dict[str, An
 def test_with_a_certificate_nobody_reads_only_ciphertext(served: dict[str, Any]) -> None:
     done = as_nobody(served, "workflow", "show", "-w", served["ids"]["victim"], "-o", "json")
     assert done.returncode == 0, done.stderr
-    assert SECRET not in done.stdout and "/srv/backups/victim" not in done.stdout
+    assert SECRET not in done.stdout and "localhost/backups/victim" not in done.stdout
     started = json.loads(done.stdout)["events"][0]
     payload = started["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
     assert base64.b64decode(payload["metadata"]["encoding"]) == b"binary/encrypted"
@@ -154,7 +154,7 @@ def test_with_a_certificate_nobody_reads_only_ciphertext(served: dict[str, Any])
     assert "Queued" not in query.stdout and SECRET not in query.stdout
     for path in served["data"].glob("temporal.db*"):
         content = path.read_bytes()
-        assert SECRET.encode() not in content and b"/srv/backups/victim" not in content, path
+        assert SECRET.encode() not in content and b"localhost/backups/victim" not in content, path
 
 
 def test_forged_signals_change_nothing_and_are_recorded(served: dict[str, Any]) -> None:

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-path", default="/var/opt/mssql/data/")
     parser.add_argument("--log-path", default="/var/opt/mssql/data/")
     parser.add_argument("--backup-path", default="/var/opt/mssql/backup/")
+    parser.add_argument(
+        "--lazy-state",
+        action="store_true",
+        help="write the state file twice a second instead of after every change (benchmarks)",
+    )
     args = parser.parse_args(argv)
     server = ModelServer(
         args.state,
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         data_path=args.data_path,
         log_path=args.log_path,
         backup_path=args.backup_path,
+        durable=not args.lazy_state,
     ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

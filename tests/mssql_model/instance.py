@@ -35,6 +35,10 @@ class Config:
     # Seconds a RESTORE of a kind ("FULL", "DIFF", "LOG") takes at least, whatever its size: crash tests
     # set it on a running model so that a kill lands in the middle of the statement they choose.
     hold: dict[str, float] = field(default_factory=dict)
+    # The state file is written and synced after every change. Off (benchmarks, where it is not what is
+    # looked at): written twice a second and when the server stops; rewriting it per change costs more
+    # than the restores once an instance holds hundreds of databases.
+    durable: bool = True
     free_bytes: dict[str, int] = field(default_factory=dict)
     default_free_bytes: int = 1 << 40
     fs_root: Path | None = None
@@ -104,6 +108,7 @@ class Instance:
         self.fs = FileSystem(config.root, config.backup_path)
         self.media = MediaReader(self.fs)
         self.sessions: dict[int, Session] = {}
+        self.dirty = False
         self.busy: dict[str, int] = {}  # database (lower) -> spid running a RESTORE on it
         self._next_spid = 51
         for folder in (config.data_path, config.log_path, config.backup_path):
@@ -122,7 +127,17 @@ class Instance:
 
     def save(self) -> None:
         with self.lock:
+            if not self.config.durable:
+                self.dirty = True
+                return
             save_state(self.config.state_dir, self.state)
+
+    def flush(self) -> None:
+        """Write the state file now if a change is not in it yet (durable=False)."""
+        with self.lock:
+            if self.dirty:
+                save_state(self.config.state_dir, self.state)
+                self.dirty = False
 
     def new_spid(self) -> int:
         with self.lock:

@@ -85,14 +85,25 @@ def server_property(instance: Instance, name: str | None) -> object:
 
 
 def _functions(instance: Instance, session: Session) -> dict[str, tuple[int, Callable[..., Any]]]:
+    # Made anew for each SELECT, which sees one moment of the instance: SQLite calls DB_ID and DB_NAME once
+    # per row, so their answers are kept for the rest of the query.
+    ids: dict[str | None, int | None] = {}
+    names: dict[int, str | None] = {}
+
     def db_id(name: str | None = None) -> int | None:
-        db = _database(instance, name or session.database)
-        return db.database_id if db else None
+        if name not in ids:
+            db = _database(instance, name or session.database)
+            ids[name] = db.database_id if db else None
+        return ids[name]
 
     def db_name(number: int | None = None) -> str | None:
         if number is None:
             return session.database
-        return next((d.name for d in views.all_databases(instance) if d.database_id == number), None)
+        if number not in names:
+            names[number] = next(
+                (d.name for d in views.all_databases(instance) if d.database_id == number), None
+            )
+        return names[number]
 
     def role_member(role: str, login: str | None = None) -> int | None:
         who = session.login if login is None else instance.state.logins.get(login.lower())
@@ -152,9 +163,15 @@ def _functions(instance: Instance, session: Session) -> dict[str, tuple[int, Cal
 
 
 def _database(instance: Instance, name: str | None) -> Database | None:
+    """By name, without listing every database: DB_ID() runs once per row of a query, and a list per call
+    made queries quadratic in the number of databases."""
     if name is None:
         return None
-    return next((d for d in views.all_databases(instance) if d.name.lower() == str(name).lower()), None)
+    with instance.lock:
+        found = instance.state.database(str(name))
+    if found is not None:
+        return found
+    return next((d for d in views.system_databases(instance) if d.name.lower() == str(name).lower()), None)
 
 
 def _globals(instance: Instance, session: Session) -> dict[str, object]:
@@ -311,7 +328,7 @@ def run_select(instance: Instance, session: Session, text: str) -> Result:
     try:
         for fname, (nargs, func) in _functions(instance, session).items():
             db.create_function(fname, nargs, func)
-        data = views.rows(instance, session)
+        data = views.rows(instance, session, set(aliases.values()))
         for table in set(aliases.values()):
             columns = views.SCHEMA[table]
             decl = ", ".join(f'"{n}" {_sqlite_type(t)}' for n, t in columns)

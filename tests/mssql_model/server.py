@@ -53,7 +53,15 @@ class ModelServer:
         thread = threading.Thread(target=self._accept, name="mssql-model-accept", daemon=True)
         thread.start()
         self._threads.append(thread)
+        if not self.config.durable:
+            flusher = threading.Thread(target=self._flush, name="mssql-model-flush", daemon=True)
+            flusher.start()
+            self._threads.append(flusher)
         return self
+
+    def _flush(self) -> None:
+        while not self._stopping.wait(0.5):
+            self.instance.flush()
 
     def __enter__(self) -> ModelServer:
         return self.start()
@@ -73,6 +81,7 @@ class ModelServer:
             kill_session(session)
         for thread in self._threads:
             thread.join(timeout=5)
+        self.instance.flush()
 
     def _accept(self) -> None:
         assert self._listener is not None

@@ -7,6 +7,7 @@ msdb_backupset) with its columns' SQL Server types, so result sets carry the typ
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from tests.mssql_model.catalog import Database, DbFile
@@ -296,40 +297,52 @@ def _file_row(instance: Instance, db: Database, f: Any) -> dict[str, Any]:
     }
 
 
-def rows(instance: Instance, session: Session) -> dict[str, list[dict[str, Any]]]:
-    """Every view's rows as of now."""
+def rows(
+    instance: Instance, session: Session, tables: Collection[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows of the views a query reads (`tables`; every view when None) as of now. Free space is
+    worked out once per volume: per file, it made each SELECT quadratic in the number of files, which an
+    instance holding hundreds of databases (the orchestration benchmark) could not afford."""
+    want = set(SCHEMA) if tables is None else set(tables)
+    free: dict[str, int] = {}
     dbs = all_databases(instance)
     by_name = {d.name.lower(): d for d in dbs}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in SCHEMA}
-    for db in dbs:
-        out["sys_databases"].append(
-            {
-                "name": db.name,
-                "database_id": db.database_id,
-                "source_database_id": None,
-                "owner_sid": db.owner_sid,
-                "create_date": db.create_date or None,
-                "compatibility_level": db.compatibility_level,
-                "collation_name": "SQL_Latin1_General_CP1_CI_AS",
-                "user_access": _ACCESS[db.user_access],
-                "user_access_desc": db.user_access,
-                "is_read_only": 1 if db.is_read_only else 0,
-                "is_auto_close_on": 0,
-                "state": _STATES.get(db.state, 0),
-                "state_desc": db.state,
-                "is_in_standby": 1 if db.is_in_standby else 0,
-                "recovery_model": _MODELS.get(db.recovery_model, 1),
-                "recovery_model_desc": db.recovery_model,
-                "is_broker_enabled": 0,
-                "log_reuse_wait_desc": "NOTHING",
-            }
-        )
-        for f in db.files:
+    per_file = {"sys_master_files", "sys_database_files", "sys_dm_os_volume_stats"} & want
+    for db in dbs if "sys_databases" in want or per_file else ():
+        if "sys_databases" in want:
+            out["sys_databases"].append(
+                {
+                    "name": db.name,
+                    "database_id": db.database_id,
+                    "source_database_id": None,
+                    "owner_sid": db.owner_sid,
+                    "create_date": db.create_date or None,
+                    "compatibility_level": db.compatibility_level,
+                    "collation_name": "SQL_Latin1_General_CP1_CI_AS",
+                    "user_access": _ACCESS[db.user_access],
+                    "user_access_desc": db.user_access,
+                    "is_read_only": 1 if db.is_read_only else 0,
+                    "is_auto_close_on": 0,
+                    "state": _STATES.get(db.state, 0),
+                    "state_desc": db.state,
+                    "is_in_standby": 1 if db.is_in_standby else 0,
+                    "recovery_model": _MODELS.get(db.recovery_model, 1),
+                    "recovery_model_desc": db.recovery_model,
+                    "is_broker_enabled": 0,
+                    "log_reuse_wait_desc": "NOTHING",
+                }
+            )
+        for f in db.files if per_file else ():
             row = _file_row(instance, db, f)
             out["sys_master_files"].append(row)
             if db.name.lower() == session.database.lower():
                 out["sys_database_files"].append({k: v for k, v in row.items() if k != "database_id"})
+            if "sys_dm_os_volume_stats" not in want:
+                continue
             volume, total = instance.volume_of(f.physical_name)
+            if volume not in free:
+                free[volume] = instance.available_on(volume, total)
             out["sys_dm_os_volume_stats"].append(
                 {
                     "database_id": db.database_id,
@@ -339,7 +352,7 @@ def rows(instance: Instance, session: Session) -> dict[str, list[dict[str, Any]]
                     "logical_volume_name": "",
                     "file_system_type": "EXT4" if volume.startswith("/") else "NTFS",
                     "total_bytes": total,
-                    "available_bytes": instance.available_on(volume, total),
+                    "available_bytes": free[volume],
                     "supports_compression": 0,
                     "supports_alternate_streams": 0,
                     "supports_sparse_files": 1,
@@ -375,7 +388,8 @@ def rows(instance: Instance, session: Session) -> dict[str, list[dict[str, Any]]
                 }
             )
         for table in ("backupset", "backupmediafamily", "restorehistory", "restorefile"):
-            out[f"msdb_{table}"] = [dict(r) for r in getattr(state, table)]
+            if f"msdb_{table}" in want:
+                out[f"msdb_{table}"] = [dict(r) for r in getattr(state, table)]
     for s in sessions:
         current = by_name.get(s.database.lower())
         db_id = current.database_id if current else 1

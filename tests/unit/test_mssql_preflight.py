@@ -77,10 +77,12 @@ def test_migrations_prepared_at_once_place_their_files_one_after_another(tmp_pat
         first.place({"Sales": "C:\\Data\\Sales.mdf"})
     with second.placing() as taken:
         assert taken == {"C:\\Data\\Sales.mdf"}
-    first.write_claim({"moves": {"Sales": "C:\\Data\\Sales.mdf", "Sales_log": "C:\\Logs\\S.ldf"}})
-    first.forget()  # a new migration of the database starts from scratch: its old choice is let go
+    first.forget()  # as a new migration of the database does, just before it writes its claim
     with second.placing() as taken:
-        assert taken == set()
+        assert taken == {"C:\\Data\\Sales.mdf"}, "still taken until the claim is written"
+    first.write_claim({"moves": {"Sales": "C:\\Data\\Sales.mdf", "Sales_log": "C:\\Logs\\S.ldf"}})
+    with second.placing() as taken:
+        assert taken == {"C:\\Data\\Sales.mdf", "C:\\Logs\\S.ldf"}
 
 
 def test_posix_paths_are_case_sensitive() -> None:

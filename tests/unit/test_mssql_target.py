@@ -154,3 +154,37 @@ def test_work_folders_are_safe_and_distinct_for_any_database_name(tmp_path: Path
     folder.forget()
     assert folder.claim() is None and folder.pending_cutover() is None
     assert folder_name(name) != folder_name(name + "_")
+
+
+def test_a_caught_up_migration_asks_the_target_only_when_something_may_have_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hundreds of migrations polling one instance: the position is asked again when the database's backups
+    in the store change, after a restore (forget_position), and every RECHECK_SECONDS, not every poll."""
+    from types import SimpleNamespace
+
+    from ferry.engines.sqlserver import apply
+
+    asked: list[str] = []
+    a = apply.Applier.__new__(apply.Applier)
+    a.t = SimpleNamespace(position=lambda db: asked.append(db) or f"position {len(asked)}")  # type: ignore[assignment]
+    a.st = SimpleNamespace(database="Sales")  # type: ignore[assignment]
+    a._asked = None
+    now = [1000.0]
+    monkeypatch.setattr(apply.time, "monotonic", lambda: now[0])
+    assert a._position(("full", "log1")) == "position 1"
+    assert a._position(("full", "log1")) == "position 1"  # nothing new: the answer stands
+    assert a._position(("full", "log1", "log2")) == "position 2"  # a new log backup in the store
+    a.forget_position()  # a restore ran
+    assert a._position(("full", "log1", "log2")) == "position 3"
+    now[0] += apply.RECHECK_SECONDS
+    assert a._position(("full", "log1", "log2")) == "position 4"  # someone may restore by hand
+    assert asked == ["Sales"] * 4
+
+
+def test_only_engines_whose_stores_hold_many_databases_share_one_view_of_a_store() -> None:
+    """SQL Server migrations of one store share an incremental listing; a PostgreSQL store (one cluster) is
+    read whole by its migration, special files and all, as `ferry migrate` reads it."""
+    from ferry.pipeline.sources import shares_stores
+
+    assert shares_stores("sqlserver") and not shares_stores("postgres")

@@ -231,7 +231,9 @@ def test_a_cutover_of_many_known_ids_signals_each_and_records_in_one_go(api: Api
 # -- item 2: sources whose scheme is unreadable, and secrets -------------------------------------------------
 
 
-@pytest.mark.parametrize("source", [f"smb://user:{SECRET}@host/share/x", "ftp://h/x", "gopher://[::1/x"])
+@pytest.mark.parametrize(
+    "source", [f"ftp://user:{SECRET}@h/x", "gopher://[::1/x", f"file://user:{SECRET}@elsewhere/x"]
+)
 def test_a_source_this_build_cannot_read_is_refused_at_creation(api: Api, source: str) -> None:
     resp = api.post("/migrations", [{"source": "/b/ok", "target": "t1"}, {"source": source, "target": "t1"}])
     error = assert_error(resp, 400, "unsupported_source")

@@ -61,3 +61,30 @@ def test_local_check_access(tmp_path: Path) -> None:
     assert LocalStore(tmp_path).check_access(write=True) == []
     [missing] = LocalStore(tmp_path / "gone").check_access()
     assert missing.code == "store-missing" and "gone" in missing.message and missing.hint
+
+
+def test_only_transient_store_errors_are_retried() -> None:
+    """A missing object fails at once: retrying it would cost the whole budget (a minute) on every probe
+    for a file that is not there yet, such as PostgreSQL's next timeline history file."""
+    from ferry.core.errors import ObjectNotFound
+    from ferry.stores.errors import StoreUnavailable
+    from ferry.stores.retry import RetryPolicy, with_retries
+
+    calls: list[int] = []
+    slept: list[float] = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise ObjectNotFound("az://acct/c", "00000002.history")
+
+    with pytest.raises(ObjectNotFound):
+        with_retries(missing, RetryPolicy(), sleep=slept.append)
+    assert calls == [1] and slept == []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise StoreUnavailable("az://acct/c", "list", "connection reset")
+        return "ok"
+
+    assert with_retries(flaky, RetryPolicy(), sleep=slept.append) == "ok" and len(slept) == 2

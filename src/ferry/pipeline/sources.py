@@ -32,6 +32,11 @@ from ferry.stores.registry import open_location
 IDLE_SECONDS = 600.0  # a view no migration asked for in this long is dropped (its store closed)
 
 
+def shares_stores(engine_name: str) -> bool:
+    """Whether the engine's stores hold many databases (SQL Server), so that many migrations read one."""
+    return callable(getattr(engine_named(engine_name), "database_of", None))
+
+
 def database_of(engine: Engine, backup_set: object) -> str | None:
     """The database a backup set belongs to, for engines whose stores hold many (SQL Server); None for
     engines that hold one per store (PostgreSQL's cluster) or a set it cannot tell."""

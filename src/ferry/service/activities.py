@@ -48,7 +48,8 @@ from ferry.engines.base import (
     TargetSpec,
 )
 from ferry.engines.registry import migrator
-from ferry.pipeline.sources import SourceCache
+from ferry.pipeline.migrate import read_source
+from ferry.pipeline.sources import SourceCache, shares_stores
 from ferry.service import workflow_io as io
 from ferry.service.contracts import StateStore
 from ferry.service.failures import as_application_error, os_failure
@@ -68,6 +69,11 @@ REPLAY_POLL = 1.0  # seconds between looks at a replaying target (PostgreSQL rep
 # fresh, and every migration of a store shares it (pipeline/sources.py), so a new log backup reaches all
 # of them within one poll.
 SOURCE_FRESH = 1.0
+SETTLE_WAIT = 10.0  # seconds validate waits for files of a shared store view to stop changing
+
+
+def _held_back(files: SourceFiles) -> bool:
+    return any(f.code == "file-changing" for f in files.findings)
 
 
 class UnknownTarget(FerryError):
@@ -350,10 +356,24 @@ class TargetActivities:
     def _migrator(self, m: io.MigrationInput) -> Migrator:
         return migrator(self._config(m.target).engine)
 
-    def _files(self, job: MigrationJob) -> SourceFiles:
-        """The source's backups (of the job's database) as they are now: from this worker's shared,
-        incremental view of the store, polled at most once per SOURCE_FRESH seconds."""
-        return self.sources.files(job.source, job.target.engine, job.database, fresh=SOURCE_FRESH)
+    def _files(self, job: MigrationJob, settled: bool = False) -> SourceFiles:
+        """The source's backups (of the job's database) as they are now.
+
+        A store of one database (PostgreSQL's cluster) is read whole each time, as `ferry migrate` reads
+        it: its findings about every file (a FIFO where a segment should be) included. A store of many
+        (SQL Server) is read through this worker's shared, incremental view, polled at most once per
+        SOURCE_FRESH seconds, so that its hundreds of migrations do not each scan it. That view holds a
+        file back until it stops changing: `settled` (validate, which would call a chain blocked for want
+        of it) waits up to SETTLE_WAIT seconds for the files held back to be read."""
+        if not shares_stores(job.target.engine):
+            with self._scans:
+                return read_source(job.source, job.target.engine)
+        files = self.sources.files(job.source, job.target.engine, job.database, fresh=SOURCE_FRESH)
+        deadline = time.monotonic() + SETTLE_WAIT
+        while settled and _held_back(files) and time.monotonic() < deadline:
+            time.sleep(SOURCE_FRESH)
+            files = self.sources.files(job.source, job.target.engine, job.database, fresh=SOURCE_FRESH)
+        return files
 
     def _context(self, m: io.MigrationInput, job: MigrationJob, sink: _Progress, step: str) -> _Context:
         def note(message: str) -> None:
@@ -454,8 +474,7 @@ class TargetActivities:
             started, t0 = _now(), time.monotonic()
             steps = self._migrator(m)
             job = self._job(m)
-            with self._scans:
-                files = self._files(job)
+            files = self._files(job, settled=True)
             sink = _Progress(self.store, m.id, State.VALIDATING)
             prepared, report = steps.prepare(job, files, self._context(m, job, sink, "validate"))
             self._step_event(m.id, "validate", report, started, t0)

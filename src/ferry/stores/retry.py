@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ferry.core.errors import FerryError
-from ferry.stores.errors import StoreUnavailable
+from ferry.stores.errors import ObjectChanged, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -49,7 +49,10 @@ class RetryPolicy:
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, FerryError) and bool(getattr(exc, "retryable", False))
+    """Only the stores' own transient errors. FerryError.retryable is true by default, since a service
+    step may well succeed when run again later; that is no reason to repeat, within one step, a request
+    that failed for good, such as a read of an object that does not exist."""
+    return isinstance(exc, StoreUnavailable | ObjectChanged)
 
 
 def with_retries(

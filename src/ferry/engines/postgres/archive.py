@@ -28,11 +28,9 @@ import os
 import shlex
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from ferry.core.errors import StoreError, UsageError
 from ferry.engines.postgres.fileops import copy_range, fsync_dir
@@ -50,7 +48,6 @@ from ferry.engines.postgres.prefetch import (
     WalFileStatus,
 )
 from ferry.engines.postgres.walstore import (
-    COPY_CHUNK,
     DEFAULT_FOLDER,
     WAL_FILE,
     WalArchiveError,
@@ -60,6 +57,9 @@ from ferry.engines.postgres.walstore import (
     locate,
     temp_beside,
 )
+from ferry.stores.base import WritableStore
+from ferry.stores.errors import ObjectConflict
+from ferry.stores.location import StoreKind, parse_location
 from ferry.stores.registry import open_store
 
 # The prefetcher and the spool's layout live in prefetch.py; these names stay importable from here.
@@ -84,7 +84,6 @@ __all__ = [
     "ferry_command",
     "fsync_dir",
     "is_segment_size",
-    "local_store_root",
     "restore_command",
     "wal_fetch",
     "wal_push",
@@ -130,126 +129,55 @@ def check_wal_name(name: str) -> str:
     return name
 
 
-def local_store_root(store_location: str) -> Path:
-    """The folder of a local store (a path or file:// URL). Other stores cannot be written by this Ferry."""
-    parsed = urlparse(store_location)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and store_location[1:2] == ":"):
-        return Path(store_location)
-    raise UsageError(
-        f"cannot archive WAL into '{store_location}': only local folders (a path or file:// URL) are "
-        "writable by this Ferry",
-        "archive to a local folder or a mounted share; object stores come in a later release",
-    )
-
-
-def _same_content(a: Path, b: Path) -> bool:
-    try:
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            if os.fstat(fa.fileno()).st_size != os.fstat(fb.fileno()).st_size:
-                return False
-            while True:
-                x, y = fa.read(COPY_CHUNK), fb.read(COPY_CHUNK)
-                if x != y:
-                    return False
-                if not x:
-                    return True
-    except OSError as exc:
-        raise WalArchiveError(
-            f"cannot compare '{a}' with '{b}': {exc.strerror}", "check that both files are readable"
-        ) from None
-
-
 # -- archive_command ------------------------------------------------------------------------------
 
 
 def wal_push(segment_path: Path, store_location: str) -> PushResult:
-    """Archive one WAL file (`archive_command = 'ferry wal-push %p STORE'`) to `STORE/wal/<name>`.
+    """Archive one WAL file (`archive_command = 'ferry wal-push %p STORE'`) to `STORE/wal/<name>`, in any
+    store Ferry can write: a local folder or share, Azure Blob, SMB, S3.
 
-    Atomic and durable before it returns: a temp file in the same folder, fsync, a hard link to the final
-    name (which fails if the name exists, so a file is never overwritten even by a concurrent push), fsync
-    of the folder. If the name exists with the same content, succeed: PostgreSQL re-runs archive_command
-    for a file after a crash even when the previous run finished. Different content raises WalConflict.
+    Through the store's `put_new`: atomic (readers see the whole file or nothing) and never over another
+    file, even against a concurrent push; durable before it returns. If the name exists with the same
+    content, succeed: PostgreSQL re-runs archive_command for a file after a crash even when the previous
+    run finished. Different content raises WalConflict.
     """
     started = time.monotonic()
     segment_path = Path(segment_path)
     name = check_wal_name(segment_path.name)
-    root = local_store_root(store_location)
-    if not root.is_dir():
-        # Never create the store root itself: an unmounted share would silently fill the local disk.
+    location = parse_location(store_location)
+    if location.kind is StoreKind.LOCAL and not Path(location.path).is_dir():
+        # Never create a local store's root: an unmounted share would silently fill the local disk.
         raise StoreError(
-            f"WAL store '{store_location}' does not exist or is not a folder",
+            f"WAL store '{location.display}' does not exist or is not a folder",
             "create it (or mount the share) and give PostgreSQL's OS user write access",
         )
-    folder = root / WAL_PREFIX.rstrip("/")
+    store = open_store(location)
+    if not isinstance(store, WritableStore):
+        raise UsageError(f"store '{store.url}' cannot be written", "archive into a store Ferry can write")
     try:
-        folder.mkdir(mode=0o750, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot create '{folder}': {exc.strerror}",
-            "give PostgreSQL's OS user write access to the store",
-        ) from None
-    final = folder / name
-    try:
-        src = os.open(segment_path, os.O_RDONLY | os.O_CLOEXEC)
+        source = open(segment_path, "rb")  # noqa: SIM115 (closed by the `with` below)
     except OSError as exc:
         raise WalArchiveError(
             f"cannot read WAL file '{segment_path}': {exc.strerror}",
             "archive_command runs in the data directory and must be given %p",
         ) from None
-    tmp = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        size = os.fstat(src).st_size
+    with source:
+        size = os.fstat(source.fileno()).st_size
         if has_segment_size(name) and not is_segment_size(size):
             raise WalArchiveError(
                 f"WAL segment '{segment_path}' has {size} bytes, not a segment size",
                 "segments are a power of two between 1 MiB and 1 GiB; the file may be damaged",
             )
-        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
-            copied = copy_range(src, dst, size, 0, 0)
-            os.fsync(dst)
-            written = os.fstat(dst).st_size
-        finally:
-            os.close(dst)
-        if copied != size or written != size:
-            raise WalArchiveError(
-                f"archiving '{segment_path}' wrote {written} of its {size} bytes",
-                "the store's disk may be full; PostgreSQL retries the file",
-            )
-        present = _publish(tmp, final, segment_path)
-        if not present:
-            fsync_dir(folder)
-    except OSError as exc:
+            result = store.put_new(WAL_PREFIX + name, source)
+        except ObjectConflict:
+            raise WalConflict(segment_path, WAL_PREFIX + name) from None
+    if result.size != size:
         raise WalArchiveError(
-            f"cannot archive '{segment_path}' into '{folder}': {exc.strerror}",
-            "check free space and that PostgreSQL's OS user may write to the store",
-        ) from None
-    finally:
-        os.close(src)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return PushResult(name, WAL_PREFIX + name, size, present, time.monotonic() - started)
-
-
-def _publish(tmp: Path, final: Path, source: Path) -> bool:
-    """Give `tmp` its final name without overwriting. True when the same content was already there."""
-    try:
-        os.link(tmp, final)
-        return False
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        # Some shares cannot hard-link: check-then-rename leaves a tiny race, acceptable there.
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
-            raise
-        if not final.exists():
-            os.rename(tmp, final)
-            return False
-    if _same_content(tmp, final):
-        return True
-    raise WalConflict(source, f"{WAL_PREFIX}{final.name}")
+            f"archiving '{segment_path}' wrote {result.size} of its {size} bytes",
+            "the file changed while it was archived, or the store is full; PostgreSQL retries the file",
+        )
+    return PushResult(name, result.key, size, result.already_present, time.monotonic() - started)
 
 
 # -- restore_command ------------------------------------------------------------------------------

@@ -81,17 +81,43 @@ class Readable(Protocol):
 
 class Sequential:
     """A store object read front to back, for the decompressors: `pos` is how far it has been read (the
-    compressed offset that progress and error messages report)."""
+    compressed offset that progress and error messages report).
 
-    def __init__(self, reader: Ranged) -> None:
+    With `pieces` (the whole object as one stream, from the store), reads are served from that stream:
+    a copy of a whole remote object is then one request rather than one per read, which from an object
+    store is the difference between its bandwidth and its latency. Without, each read is a ranged read,
+    right for callers that stop after the first bytes (the scan)."""
+
+    def __init__(self, reader: Ranged, pieces: Iterator[bytes] | None = None) -> None:
         self.reader = reader
         self.pos = 0
+        self._pieces = pieces
+        self._rest = memoryview(b"")
 
     def read(self, n: int = -1, /) -> bytes:
         left = self.reader.size - self.pos
-        data = self.reader.read(self.pos, left if n < 0 else min(n, left)) if left > 0 else b""
+        want = left if n < 0 else min(n, left)
+        if want <= 0:
+            return b""
+        data = self.reader.read(self.pos, want) if self._pieces is None else self._take(want)
         self.pos += len(data)
         return data
+
+    def _take(self, want: int) -> bytes:
+        assert self._pieces is not None
+        parts: list[bytes] = []
+        have = 0
+        while have < want:
+            if not self._rest:
+                piece = next(self._pieces, b"")
+                if not piece:
+                    break  # the object ended early: the caller's size checks say so
+                self._rest = memoryview(piece)
+            part = self._rest[: want - have]
+            self._rest = self._rest[len(part) :]
+            parts.append(bytes(part))
+            have += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def compression_of(head: bytes) -> Compression:

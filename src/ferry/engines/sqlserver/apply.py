@@ -34,6 +34,7 @@ from ferry.stores.registry import open_location
 
 TOO_EARLY, TOO_RECENT = 4326, 4305
 SETTLE_SECONDS = 1.0  # a file modified this recently may still be being written: held for a turn
+RECHECK_SECONDS = 10.0  # a caught-up migration asks the target where it stands at least this often
 
 
 class LogsMissing(FerryError):
@@ -63,6 +64,7 @@ class Applier:
         self.caught_up_once = False
         self.throttle = Throttle(0.5)
         self.poll = float(settings.options.get("poll_seconds", max(job.replay.poll_interval, 1.0)))
+        self._asked: tuple[object, Position, float] | None = None  # what the target said, about what, when
 
     # -- one look -----------------------------------------------------------------------------------------
     def look(self, restoring: str | None = None) -> tuple[LogView, Position]:
@@ -71,7 +73,7 @@ class Applier:
         self.mine = mine
         held = follow.held_files(files.findings)
         held.update(self._settling(mine))
-        pos = self.t.position(self.st.database)
+        pos = self._position((tuple(k for b in mine for k in b.files), tuple(sorted(held)), restoring))
         self.goal = resolve_stop_point(stop_point(self.st.stop_at), mine)
         applied = pos.applied | self.too_early
         view = follow.view(
@@ -87,6 +89,21 @@ class Applier:
             self._stop_reached(pos),
         )
         return view, pos
+
+    def _position(self, backups: object) -> Position:
+        """The target's position (its redo point and restore history), asked again when this database's
+        backups in the store changed, after a restore, and at least every RECHECK_SECONDS (someone may
+        restore by hand): a caught-up migration looks at the store every poll, but hundreds of them
+        asking one instance every second for an answer that has not changed would load it for nothing."""
+        now = time.monotonic()
+        if self._asked is not None and self._asked[0] == backups and now - self._asked[2] < RECHECK_SECONDS:
+            return self._asked[1]
+        pos = self.t.position(self.st.database)
+        self._asked = (backups, pos, now)
+        return pos
+
+    def forget_position(self) -> None:
+        self._asked = None
 
     @staticmethod
     def _forks(pos: Position) -> frozenset[UUID]:
@@ -119,6 +136,7 @@ class Applier:
 
     # -- applying -----------------------------------------------------------------------------------------
     def apply(self, step: ChainStep, view: LogView, pos: Position, state: State) -> None:
+        self.forget_position()  # the target moves on: ask it again next time
         b = step.backup
         guid = str(b.backup_set_guid).upper()
         devices = [device(self.root, k, self.s.path_map) for k in b.files]

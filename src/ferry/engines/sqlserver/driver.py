@@ -250,6 +250,7 @@ class SqlServerMigrator:
             rep = StatusReporter(ctx.report, State.CUTTING_OVER, "cutting over", {"database": st.database})
             a = Applier(job, st, s, t, ctx, rep)
             last = self._apply_rest(job, st, a, request)
+            a.forget_position()  # the proof reads the target's restore history now, never a cached one
             view, pos = a.look()
             result = self._proof(st, pos, last, request)
             if not result["lsn_proof"]:
@@ -357,11 +358,13 @@ class SqlServerMigrator:
                 "canceled before the migration was prepared: nothing to stop", data={"seconds": 0.0}
             )
         st = SqlState.of(prepared)
-        self._work(job, st).cancel()
+        work = self._work(job, st)
+        work.cancel()
         if Settings.of(job).options.get("drop_on_cancel"):
             with self._open(job) as t:
                 pos = t.position(st.database)
-                if pos.restoring:
+                # Only a RESTORING database this migration restored (its claim): never someone else's.
+                if pos.restoring and prep.ours(work, pos, _plan_of(st)):
                     t.conn.execute(f"DROP DATABASE {quote_ident(st.database)}", "DROP DATABASE")
                     return StepReport(f"canceled; [{st.database}] dropped as asked", "DROP DATABASE")
         return StepReport(

@@ -86,7 +86,9 @@ class WorkFolder:
 
     def forget(self) -> None:
         """The migration is over or replaced: a new one of the same database starts from scratch."""
-        for name in (CLAIM, REQUEST, RESULT, CANCELED, PLACED):
+        # Not placed.json: a new migration of the database forgets the old one just before it claims the
+        # files it has placed, and in between the others must still see them as taken.
+        for name in (CLAIM, REQUEST, RESULT, CANCELED):
             (self.path / name).unlink(missing_ok=True)
 
     # -- file placement ---------------------------------------------------------------------------------
