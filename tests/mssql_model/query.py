@@ -18,6 +18,7 @@ from tests.mssql_model import views
 from tests.mssql_model.catalog import Database
 from tests.mssql_model.errors import Message, SqlError, fail, message
 from tests.mssql_model.instance import Instance, Session
+from tests.mssql_model.pushdown import reduce_rows
 from tests.mssql_model.tokens import BIGINT, FLOAT, INT, NVARCHAR, NVARCHAR_LONG, VARBINARY, ColType
 
 
@@ -326,9 +327,11 @@ def run_select(instance: Instance, session: Session, text: str) -> Result:
     sql = tree.sql(_StrictSQLite, identify=True)
     db = sqlite3.connect(":memory:")
     try:
-        for fname, (nargs, func) in _functions(instance, session).items():
+        functions = _functions(instance, session)
+        for fname, (nargs, func) in functions.items():
             db.create_function(fname, nargs, func)
         data = views.rows(instance, session, set(aliases.values()))
+        reduce_rows(tree, aliases, data, {name.upper(): func for name, (_, func) in functions.items()})
         for table in set(aliases.values()):
             columns = views.SCHEMA[table]
             decl = ", ".join(f'"{n}" {_sqlite_type(t)}' for n, t in columns)

@@ -125,3 +125,31 @@ def test_restore_from_url_with_a_sas_credential(model: ModelServer, blob_server:
         ]
         run(cur, f"DROP CREDENTIAL [{blob_server}]")
         assert run(cur, "SELECT COUNT(*) FROM sys.credentials") == [(0,)]
+
+
+def test_rows_dropped_before_loading_change_no_answer(
+    model: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model loads only the view rows a query's top-level equalities and inner joins can match
+    (tests/mssql_model/pushdown.py): every query Ferry sends about one database answers the same as with
+    every row loaded, names compared without regard to case as SQL Server does."""
+    from ferry.engines.sqlserver import facts
+    from tests.mssql_model import query
+
+    with connect(model) as conn:
+        cur = conn.cursor()
+        for name, stem in (("RTC", "rtc"), ("Other", "other")):
+            move = moves("RestoreTimeClean", "RestoreTimeClean_log", stem)
+            run(
+                cur,
+                f"RESTORE DATABASE [{name}] FROM DISK = N'{RTC}/RestoreTimeClean.bak' WITH {move}, NORECOVERY",
+            )
+        questions = [
+            *facts.position_batch("rtc").split(";\n"),
+            "SELECT d.name FROM sys.databases AS d WHERE d.database_id = 5 AND (d.state = 1)",
+            "SELECT mf.name FROM sys.master_files AS mf WHERE mf.database_id = DB_ID(N'Other') OR mf.file_id = 1",
+        ]
+        reduced = [run(cur, q) for q in questions]
+        monkeypatch.setattr(query, "reduce_rows", lambda *args: None)
+        assert [run(cur, q) for q in questions] == reduced
+        assert reduced[0] and reduced[1] and reduced[2] and reduced[4]
