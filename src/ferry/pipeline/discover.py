@@ -293,6 +293,10 @@ def _changed(
 ) -> bool:
     if size_at_open != info.size:
         return True
+    # A local file's size is looked at again through the descriptor that read it (`current_size`).
+    current_size = getattr(reader, "current_size", None)
+    if current_size is not None:
+        return bool(current_size() != info.size)
     # A store whose reads are pinned to one version fails them if the object changes; a reader's etag
     # equal to the listing's then proves the object is the one listed, without another request.
     pinned = getattr(reader, "etag", None)
