@@ -30,7 +30,7 @@ from ferry.core.errors import BackupFormatError, StoreError
 from ferry.core.findings import Finding, Severity
 from ferry.engines.base import Engine
 from ferry.pipeline import parallel
-from ferry.stores.base import BackupStore, ObjectInfo, RangeReader
+from ferry.stores.base import BackupStore, ForkableStore, ObjectInfo, RangeReader
 from ferry.stores.errors import ObjectChanged
 from ferry.stores.local import LocalStore
 from ferry.stores.prefetch import PrefetchedReader
@@ -98,7 +98,6 @@ def scan(
     if processes > 1:
         listed = list(objects)
         if len(listed) >= POOL_MIN_FILES:
-            assert isinstance(store, LocalStore)
             for fr in _scan_in_processes(store, engines, listed, processes, count):
                 result.files.append(fr)
                 if progress:
@@ -124,15 +123,19 @@ def scan(
 
 
 def _processes(store: BackupStore) -> int:
-    """How many processes a scan of `store` may use: one per core, for a plain local folder only (another
-    store keeps its own state, such as connections, which a process of its own would not share)."""
-    if type(store) is not LocalStore or not parallel.can_fork():
+    """How many processes a scan of `store` may use: one per core for a plain local folder, and for a
+    store that gives a forked child connections of its own (ForkableStore: SMB, whose client library
+    spends more CPU per file than the parsing); one for any other store (which keeps state, such as
+    connections, that a process of its own would share unsafely)."""
+    if not parallel.can_fork():
         return 1
-    return parallel.cores()
+    if type(store) is LocalStore or isinstance(store, ForkableStore):
+        return parallel.cores()
+    return 1
 
 
 def _scan_in_processes(
-    store: LocalStore, engines: Sequence[Engine], listed: list[ObjectInfo], processes: int, threads: int
+    store: BackupStore, engines: Sequence[Engine], listed: list[ObjectInfo], processes: int, threads: int
 ) -> Iterator[FileResult]:
     size = max(_MIN_RUN, min(_MAX_RUN, len(listed) // (processes * _RUNS_PER_PROCESS)))
     runs = [listed[i : i + size] for i in range(0, len(listed), size)]
@@ -140,7 +143,8 @@ def _scan_in_processes(
     def work(infos: list[ObjectInfo]) -> list[FileResult]:
         return _read_run(store, engines, infos, threads)
 
-    for files in parallel.map_runs(runs, work, _dump, pickle.loads, processes - 1):
+    after_fork = store.after_fork if isinstance(store, ForkableStore) else None
+    for files in parallel.map_runs(runs, work, _dump, pickle.loads, processes - 1, after_fork):
         yield from files
 
 

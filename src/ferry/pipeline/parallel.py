@@ -59,8 +59,10 @@ class _Mapper(Generic[T, R]):
         dump: Callable[[R], bytes],
         load: Callable[[bytes], R],
         children: int,
+        child_init: Callable[[], None] | None,
     ) -> None:
         self.runs, self.work, self.dump, self.load = runs, work, dump, load
+        self.child_init = child_init
         # fork: a child starts in a millisecond with everything already imported. It only runs `work` and
         # sends bytes back; it touches no lock or connection of the caller.
         ctx = multiprocessing.get_context("fork")
@@ -72,6 +74,8 @@ class _Mapper(Generic[T, R]):
         ]
 
     def _child(self) -> None:
+        if self.child_init is not None:
+            self.child_init()
         while (i := self.counter.claim()) < len(self.runs):
             self.results.put((i, self.dump(self.work(self.runs[i]))))
         self.results.close()
@@ -126,9 +130,11 @@ def map_runs(
     dump: Callable[[R], bytes],
     load: Callable[[bytes], R],
     children: int,
+    child_init: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """`work(run)` for every run, in order, on the caller and `children` forked processes. A child's
-    result travels as `dump(result)` and is rebuilt with `load`; the caller's own results are not."""
+    result travels as `dump(result)` and is rebuilt with `load`; the caller's own results are not.
+    `child_init` runs first in each child (to open its own connections, say)."""
     if children < 1 or len(runs) < 2:
         return (work(run) for run in runs)
-    return _Mapper(runs, work, dump, load, children).run()
+    return _Mapper(runs, work, dump, load, children, child_init).run()
