@@ -113,6 +113,8 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
         # Headers are checked in place in the buffer `view` gives, which usually holds the block header,
         # the bytes up to its first stream and its stream headers: the walk is a scan's main cost.
         buf, at = src.view(offset, DBLK_HEADER_SIZE)
+        if len(buf) - at < DBLK_HEADER_SIZE:  # the file ends first: say where it ends
+            raise FormatProblem(size, "unexpected end of data inside a block header")
         btype, attributes, first = check_dblk(buf, offset, at)
         if btype == b"SFMB":
             if offset + soft_filemark > size:
@@ -129,6 +131,8 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
         pos = offset + first
         while True:
             head, i = src.view(pos, STREAM_HEADER_SIZE)
+            if len(head) - i < STREAM_HEADER_SIZE:  # the file ends first (perhaps before `pos`)
+                raise FormatProblem(size, "unexpected end of data inside a stream header")
             sid, length = check_stream_header(head, pos, i)
             end = pos + STREAM_HEADER_SIZE + length
             if end > size:
