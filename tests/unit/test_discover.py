@@ -96,3 +96,28 @@ def test_a_scan_over_processes_gives_the_same_result(
     assert ticks[-1] == (len(serial[1].files), len(serial[1].files))
     sets = [s for f in pooled[0].files for s in f.sets]
     assert sets and all(type(s.backup_set_guid) is UUID for s in sets if hasattr(s, "backup_set_guid"))
+
+
+class ForkedStore(LocalStore):
+    """A store that is not a plain folder but gives forked children their own state (as SMB does)."""
+
+    def __init__(self, root: Path, marks: Path) -> None:
+        super().__init__(root)
+        self.marks = marks
+
+    def after_fork(self) -> None:
+        (self.marks / str(os.getpid())).touch()
+
+
+def test_a_forkable_store_is_scanned_over_processes_each_set_up_after_the_fork(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ForkedStore(corpus, tmp_path)
+    serial = scan(LocalStore(corpus), all_engines(), workers=1)
+    assert discover._processes(store) == discover.parallel.cores()
+    monkeypatch.setattr(discover, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(discover, "_processes", lambda store: 2)
+    monkeypatch.setattr(discover, "_MIN_RUN", 1)
+    assert scan(store, all_engines(), workers=2) == serial
+    # Only children are set up again; the calling process keeps its own state.
+    assert str(os.getpid()) not in {p.name for p in tmp_path.iterdir()}

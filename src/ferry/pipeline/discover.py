@@ -5,22 +5,21 @@ reads and a second look at its size: a file whose size changed while it was read
 so its headers are set aside for the next scan.
 
 Reading headers is CPU-bound parsing, so threads do not speed up a local scan (they share one interpreter
-lock). A large local scan is split over processes instead, one per core: the listing is cut into runs of
-files, each process reads its runs, and the results come back in listing order, the same as a scan in one
-process would give.
+lock). A large local scan is split over processes instead, one per core, the calling one included: the
+listing is cut into runs of files, each process claims runs until none is left, and the results come back
+in listing order, the same as a scan in one process would give (pipeline/parallel.py).
 """
 
 from __future__ import annotations
 
 import copyreg
 import io
-import multiprocessing
 import os
 import pickle
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,8 @@ from uuid import UUID, SafeUUID
 from ferry.core.errors import BackupFormatError, StoreError
 from ferry.core.findings import Finding, Severity
 from ferry.engines.base import Engine
-from ferry.stores.base import BackupStore, ObjectInfo, RangeReader
+from ferry.pipeline import parallel
+from ferry.stores.base import BackupStore, ForkableStore, ObjectInfo, RangeReader
 from ferry.stores.errors import ObjectChanged
 from ferry.stores.local import LocalStore
 from ferry.stores.prefetch import PrefetchedReader
@@ -48,9 +48,12 @@ _BACKUP_NAMES = re.compile(
 Progress = Callable[[int, int | None], None]
 
 # Below this many files a scan stays in one process: starting processes and sending results back costs
-# more than it saves. Runs per process: enough that results stream back while the others still parse.
+# more than it saves. Files are handed out in runs, claimed one at a time (pipeline/parallel.py): many
+# small runs balance cores that other work slows unevenly, and let results stream back in order.
 POOL_MIN_FILES = 512
-_RUNS_PER_PROCESS = 4
+_RUNS_PER_PROCESS = 16
+_MIN_RUN = 16
+_MAX_RUN = 256
 
 
 @dataclass
@@ -95,7 +98,6 @@ def scan(
     if processes > 1:
         listed = list(objects)
         if len(listed) >= POOL_MIN_FILES:
-            assert isinstance(store, LocalStore)
             for fr in _scan_in_processes(store, engines, listed, processes, count):
                 result.files.append(fr)
                 if progress:
@@ -121,39 +123,42 @@ def scan(
 
 
 def _processes(store: BackupStore) -> int:
-    """How many processes a scan of `store` may use: one per core, for a plain local folder only (another
-    store keeps its own state, such as connections, which a process of its own would not share)."""
-    if type(store) is not LocalStore or "fork" not in multiprocessing.get_all_start_methods():
+    """How many processes a scan of `store` may use: one per core for a plain local folder, and for a
+    store that gives a forked child connections of its own (ForkableStore: SMB, whose client library
+    spends more CPU per file than the parsing); one for any other store (which keeps state, such as
+    connections, that a process of its own would share unsafely)."""
+    if not parallel.can_fork():
         return 1
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    if type(store) is LocalStore or isinstance(store, ForkableStore):
+        return parallel.cores()
+    return 1
 
 
 def _scan_in_processes(
-    store: LocalStore, engines: Sequence[Engine], listed: list[ObjectInfo], processes: int, threads: int
+    store: BackupStore, engines: Sequence[Engine], listed: list[ObjectInfo], processes: int, threads: int
 ) -> Iterator[FileResult]:
-    runs = processes * _RUNS_PER_PROCESS
-    size = -(-len(listed) // runs)
-    chunks = [listed[i : i + size] for i in range(0, len(listed), size)]
-    # fork: a child starts in a millisecond with Ferry already imported. It only parses files and returns
-    # their headers; it touches no lock or connection of the parent.
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-        pending = [pool.submit(_scan_run, str(store.root), engines, chunk, threads) for chunk in chunks]
-        for future in pending:
-            yield from pickle.loads(future.result())
+    size = max(_MIN_RUN, min(_MAX_RUN, len(listed) // (processes * _RUNS_PER_PROCESS)))
+    runs = [listed[i : i + size] for i in range(0, len(listed), size)]
+
+    def work(infos: list[ObjectInfo]) -> list[FileResult]:
+        return _read_run(store, engines, infos, threads)
+
+    after_fork = store.after_fork if isinstance(store, ForkableStore) else None
+    for files in parallel.map_runs(runs, work, _dump, pickle.loads, processes - 1, after_fork):
+        yield from files
 
 
-def _scan_run(root: str, engines: Sequence[Engine], infos: list[ObjectInfo], threads: int) -> bytes:
-    """One run of files, read in a child process; the results pickled compactly (see `_Pickler`)."""
-    store = LocalStore(root)
+def _read_run(
+    store: BackupStore, engines: Sequence[Engine], infos: list[ObjectInfo], threads: int
+) -> list[FileResult]:
     if threads <= 1:
-        files = [read_object(store, engines, info) for info in infos]
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            files = list(pool.map(lambda info: read_object(store, engines, info), infos))
+        return [read_object(store, engines, info) for info in infos]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda info: read_object(store, engines, info), infos))
+
+
+def _dump(files: list[FileResult]) -> bytes:
+    """One run's results pickled compactly for the way back (see `_Pickler`)."""
     out = io.BytesIO()
     _Pickler(out).dump(files)
     return out.getvalue()
@@ -292,6 +297,10 @@ def _changed(
 ) -> bool:
     if size_at_open != info.size:
         return True
+    # A local file's size is looked at again through the descriptor that read it (`current_size`).
+    current_size = getattr(reader, "current_size", None)
+    if current_size is not None:
+        return bool(current_size() != info.size)
     # A store whose reads are pinned to one version fails them if the object changes; a reader's etag
     # equal to the listing's then proves the object is the one listed, without another request.
     pinned = getattr(reader, "etag", None)

@@ -120,6 +120,17 @@ class BackupStore(Protocol):
 
 
 @runtime_checkable
+class ForkableStore(BackupStore, Protocol):
+    """A store whose reads a scan may spread over forked processes, to use every core where parsing and
+    the client library's own work (SMB's message packing) cost more CPU than the server's answers."""
+
+    def after_fork(self) -> None:
+        """Called in a forked child before its first read: forget the connections inherited from the
+        parent, without closing them (they are still the parent's), so the child opens its own."""
+        ...
+
+
+@runtime_checkable
 class WritableStore(BackupStore, Protocol):
     def put_new(self, key: str, source: bytes | BinaryIO) -> PutResult:
         """Write `source` under `key`, atomically (readers see all of it or nothing) and never over

@@ -22,12 +22,12 @@ COPY_CHUNK = 4 << 20
 class LocalFileReader:
     """Positional reads on one open file descriptor: no seek state, safe to share between threads."""
 
-    def __init__(self, key: str, path: Path) -> None:
+    def __init__(self, key: str, path: str | Path) -> None:
         self._key = key
         try:
             self._fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(str(path.parent), key) from None
+            raise ObjectNotFound(os.path.dirname(path), key) from None
         except OSError as exc:
             raise StoreError(
                 f"cannot open '{key}': {exc.strerror}",
@@ -36,7 +36,7 @@ class LocalFileReader:
         st = os.fstat(self._fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(self._fd)
-            raise ObjectNotFound(str(path.parent), key)
+            raise ObjectNotFound(os.path.dirname(path), key)
         self._size = st.st_size
         self._bytes_read = 0
 
@@ -65,6 +65,11 @@ class LocalFileReader:
         self._bytes_read += len(data)
         return data
 
+    def current_size(self) -> int:
+        """The file's size now, from the open descriptor: the second look at its size that a scan takes
+        after reading, without resolving the path again."""
+        return os.fstat(self._fd).st_size
+
     def close(self) -> None:
         os.close(self._fd)
 
@@ -80,6 +85,7 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self._url = self.root.resolve().as_uri()
 
     @property
@@ -100,20 +106,7 @@ class LocalStore:
         if prefix and start.is_file():
             yield self._info(prefix, start)
             return
-        # os.walk with scandir: one stat per file, sorted for stable output. Unreadable folders are skipped
-        # by os.walk's default onerror=None; the scan cannot report what it cannot list.
-        for folder, dirs, files in os.walk(start):
-            dirs.sort()
-            rel_folder = os.path.relpath(folder, self.root)
-            for name in sorted(files):
-                rel = name if rel_folder == "." else f"{rel_folder}/{name}"
-                rel = rel.replace(os.sep, "/")
-                try:
-                    yield self._info(rel, Path(folder, name))
-                except ObjectNotFound:
-                    continue  # removed between listing and stat
-                except StoreError:
-                    continue
+        yield from _walk(str(start), "" if start == self.root else prefix.rstrip("/") + "/")
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
         try:
@@ -131,7 +124,8 @@ class LocalStore:
         return self._info(check_key(key, self._url), path)
 
     def open(self, key: str) -> LocalFileReader:
-        return LocalFileReader(key, self._path(key))
+        # A plain string join: a scan opens every file once, and building a Path costs more than the read.
+        return LocalFileReader(key, os.path.join(self._root, *check_key(key, self._url).split("/")))
 
     def put_new(self, key: str, source: bytes | BinaryIO) -> PutResult:
         """A temp file beside the target, fsync, then a hard link to the final name: link fails when the
@@ -194,6 +188,36 @@ class LocalStore:
                 )
             )
         return problems
+
+
+def _walk(folder: str, rel: str) -> Iterator[ObjectInfo]:
+    """Objects below `folder` (whose key prefix is `rel`): a folder's files in name order, then its
+    subfolders in name order, as os.walk goes. One scandir per folder and one stat per file through the
+    folder's entries, with no Path objects: listing is the part of a scan the parallel readers wait for.
+    Unreadable folders are skipped, as os.walk skips them; the scan cannot report what it cannot list.
+    Symbolic links to files are followed; links to folders are listed by os.walk but not entered."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    dirs = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not entry.is_symlink():
+                dirs.append(entry)
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue  # removed between listing and stat, or a link to nothing
+        yield ObjectInfo(key=rel + entry.name, size=st.st_size, etag=None, modified=st.st_mtime)
+    for entry in dirs:
+        yield from _walk(entry.path, f"{rel}{entry.name}/")
 
 
 def _write_file(tmp: Path, source: bytes | BinaryIO) -> int:

@@ -295,6 +295,16 @@ class SmbStore:
             return [Finding("store-unreachable", Severity.ERROR, exc.message, exc.hint)]
         return []
 
+    def after_fork(self) -> None:
+        """A forked child's own connections (see ForkableStore): smbprotocol's inherited ones share the
+        parent's socket and their receiving thread did not survive the fork, so they are dropped unused."""
+        self._cache = {}
+        self._lock = threading.Lock()
+        # The session is set up here, before the child's reading threads start: smbclient sets up a
+        # connection's first session unsafely when several threads ask at once (one waited forever).
+        with contextlib.suppress(Exception):  # a failure here is met again, and reported, by the reads
+            self._smb.register_session(self.location.host, **self._kw())
+
     def close(self) -> None:
         self._reset()
 

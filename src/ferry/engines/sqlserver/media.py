@@ -16,6 +16,7 @@ from ferry.engines.sqlserver.mtf import (
     FormatProblem,
     StreamHeader,
     check_dblk,
+    check_stream_header,
     parse_dblk,
     parse_stream_header,
     u16,
@@ -37,17 +38,31 @@ class PagedSource:
         self.size = reader.size
         self._page = page
         self._pages: dict[int, bytes] = {}
-        self._fetch(0, min(head, self.size))
+        # The last contiguous bytes handed out, which `view` serves without copying: the head at first.
+        self._window = self._fetch(0, min(head, self.size))
+        self._window_start = 0
 
-    def _fetch(self, offset: int, length: int) -> None:
+    def _fetch(self, offset: int, length: int) -> bytes:
         first, last = offset // self._page, (offset + max(length, 1) - 1) // self._page
         missing = [p for p in range(first, last + 1) if p not in self._pages]
         if not missing:
-            return
+            return b""
         start = missing[0] * self._page
         data = self.reader.read(start, (missing[-1] + 1) * self._page - start)
         for i, p in enumerate(range(missing[0], missing[-1] + 1)):
             self._pages[p] = data[i * self._page : (i + 1) * self._page]
+        return data
+
+    def view(self, offset: int, length: int) -> tuple[bytes, int]:
+        """A buffer holding the `length` bytes at `offset` (fewer where the file ends), and where they start
+        in it. The walk parses headers in place with `unpack_from`, so most headers, which lie in the bytes
+        of the last read, cost neither a copy nor a page lookup."""
+        at = offset - self._window_start
+        if at >= 0 and at + length <= len(self._window):
+            return self._window, at
+        data = self.get(offset, max(length, self._page - offset % self._page))
+        self._window, self._window_start = data, offset
+        return data, 0
 
     def get(self, offset: int, length: int) -> bytes:
         """`length` bytes at `offset`, or fewer where the file ends."""
@@ -95,35 +110,30 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
     soft_filemark = 512
     size = src.size
     while offset < size:
-        # One look at the rest of the current page: it usually holds the block header, the bytes up to
-        # its first stream and the first stream headers, which are then sliced out of it.
-        room = PAGE - offset % PAGE
-        buf = src.get(offset, room if room >= DBLK_HEADER_SIZE else DBLK_HEADER_SIZE)
-        if len(buf) < DBLK_HEADER_SIZE:
+        # Headers are checked in place in the buffer `view` gives, which usually holds the block header,
+        # the bytes up to its first stream and its stream headers: the walk is a scan's main cost.
+        buf, at = src.view(offset, DBLK_HEADER_SIZE)
+        if len(buf) - at < DBLK_HEADER_SIZE:  # the file ends first: say where it ends
             raise FormatProblem(size, "unexpected end of data inside a block header")
-        btype, attributes, first = check_dblk(buf, offset)
-        if btype == b"TAPE":
-            raw = buf if len(buf) >= 0x42 else src.exact(offset, 0x42, "the media header")
-            soft_filemark = max(1, u16(raw, 0x40)) * 512
+        btype, attributes, first = check_dblk(buf, offset, at)
         if btype == b"SFMB":
             if offset + soft_filemark > size:
                 raise FormatProblem(size, "unexpected end of data inside a filemark")
-            yield Block(Dblk(offset, btype, attributes, first, buf[0x30], buf[:DBLK_HEADER_SIZE]), ())
+            yield Block(Dblk(offset, btype, attributes, first, buf[at + 0x30], buf[at : at + 52]), ())
             offset += soft_filemark
             continue
-        raw = buf[:first] if first <= len(buf) else src.exact(offset, first, "a block")
-        dblk = Dblk(offset, btype, attributes, first, buf[0x30], raw)
+        if btype == b"TAPE":
+            tape = src.exact(offset, 0x42, "the media header")
+            soft_filemark = max(1, u16(tape, 0x40)) * 512
+        raw = buf[at : at + first] if at + first <= len(buf) else src.exact(offset, first, "a block")
+        dblk = Dblk(offset, btype, attributes, first, buf[at + 0x30], raw)
         streams: list[tuple[StreamHeader, bytes | None]] = []
         pos = offset + first
         while True:
-            rel = pos - offset
-            head = (
-                buf[rel : rel + STREAM_HEADER_SIZE]
-                if rel + STREAM_HEADER_SIZE <= len(buf)
-                else src.exact(pos, STREAM_HEADER_SIZE, "a stream header")
-            )
-            sh = parse_stream_header(head, pos)
-            sid, length = sh.id, sh.length
+            head, i = src.view(pos, STREAM_HEADER_SIZE)
+            if len(head) - i < STREAM_HEADER_SIZE:  # the file ends first (perhaps before `pos`)
+                raise FormatProblem(size, "unexpected end of data inside a stream header")
+            sid, length = check_stream_header(head, pos, i)
             end = pos + STREAM_HEADER_SIZE + length
             if end > size:
                 raise FormatProblem(size, f"unexpected end of data inside stream {sid.decode('latin-1')}")
@@ -132,7 +142,7 @@ def walk_blocks(src: PagedSource) -> Iterator[Block]:
                 if length > MAX_WANTED_STREAM:
                     raise FormatProblem(pos, f"{sid.decode()} stream is implausibly long")
                 data = src.exact(pos + STREAM_HEADER_SIZE, length, f"stream {sid.decode()}")
-            streams.append((sh, data))
+            streams.append((StreamHeader(pos, sid, length), data))
             if sid == b"SPAD":  # the block ends with it, and the next one follows unaligned
                 pos = end
                 break

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import NamedTuple
 from uuid import UUID, SafeUUID
 
 from ferry.core.lsn import sqlserver_lsn
@@ -61,9 +61,9 @@ def _folds(words: int) -> tuple[int, ...]:
 _FOLDS = tuple(_folds(w) for w in range(64))  # the halvings for each header size, worked out once
 
 
-@dataclass(frozen=True)
-class Dblk:
-    """A descriptor block header. `raw` holds the bytes from the block start up to its first stream."""
+class Dblk(NamedTuple):
+    """A descriptor block header. `raw` holds the bytes from the block start up to its first stream.
+    Tuples, not dataclasses: a scan makes a dozen of these per file, and a tuple is made in C."""
 
     offset: int
     type: bytes
@@ -73,8 +73,7 @@ class Dblk:
     raw: bytes
 
 
-@dataclass(frozen=True)
-class StreamHeader:
+class StreamHeader(NamedTuple):
     offset: int
     id: bytes
     length: int
@@ -96,27 +95,34 @@ def parse_dblk(raw: bytes, offset: int) -> Dblk:
     return Dblk(offset, btype, attributes, first_event, raw[0x30], raw)
 
 
-def check_dblk(raw: bytes, offset: int) -> tuple[bytes, int, int]:
-    """The checks of `parse_dblk`, returning (type, attributes, first event) without building a Dblk."""
-    if len(raw) < DBLK_HEADER_SIZE:
-        raise FormatProblem(offset + len(raw), "unexpected end of data inside a block header")
-    btype, attributes, first_event = _DBLK.unpack_from(raw, 0)
+def check_dblk(buf: bytes, offset: int, at: int = 0) -> tuple[bytes, int, int]:
+    """The checks of `parse_dblk` on the header at `buf[at:]` (file offset `offset`), returning (type,
+    attributes, first event) without building a Dblk."""
+    if len(buf) - at < DBLK_HEADER_SIZE:
+        raise FormatProblem(offset + max(0, len(buf) - at), "unexpected end of data inside a block header")
+    btype, attributes, first_event = _DBLK.unpack_from(buf, at)
     if btype not in KNOWN_BLOCKS:
         raise FormatProblem(offset, f"expected a tape-format block, found {_show(btype)}")
-    checksum = _U16.unpack_from(raw, 0x32)[0]
-    if xor16(raw, 25) != checksum:
+    # The 25 words and their checksum XOR to zero: one fold over all 26 words.
+    if xor16(buf[at : at + DBLK_HEADER_SIZE], 26):
         raise FormatProblem(offset, f"checksum of the {btype.decode()} block header does not match")
     if btype != b"SFMB" and not DBLK_HEADER_SIZE <= first_event <= 0x4000:
         raise FormatProblem(offset + 8, f"{btype.decode()} block points at its data out of range")
     return btype, attributes, first_event
 
 
-def parse_stream_header(raw: bytes, offset: int) -> StreamHeader:
-    if len(raw) < STREAM_HEADER_SIZE:
-        raise FormatProblem(offset + len(raw), "unexpected end of data inside a stream header")
-    sid, _fs_attr, _tf_attr, length = _STREAM.unpack_from(raw, 0)
-    if xor16(raw, 10) != _U16.unpack_from(raw, 20)[0]:
+def check_stream_header(buf: bytes, offset: int, at: int = 0) -> tuple[bytes, int]:
+    """(id, length) of the stream header at `buf[at:]` (file offset `offset`), its checksum checked."""
+    if len(buf) - at < STREAM_HEADER_SIZE:
+        raise FormatProblem(offset + max(0, len(buf) - at), "unexpected end of data inside a stream header")
+    sid, _fs_attr, _tf_attr, length = _STREAM.unpack_from(buf, at)
+    if xor16(buf[at : at + STREAM_HEADER_SIZE], 11):
         raise FormatProblem(offset, f"checksum of stream header {_show(sid)} does not match")
+    return sid, length
+
+
+def parse_stream_header(raw: bytes, offset: int) -> StreamHeader:
+    sid, length = check_stream_header(raw, offset)
     return StreamHeader(offset, sid, length)
 
 

@@ -14,25 +14,22 @@ open specification:
 - A block ends once it has written 65,536 bytes or more (a match may run past that mark); the bits left
   in the register are dropped and the next block's table starts at the next unread input byte.
 
-The decoder works on plain ints with one 32,768-entry lookup table per block (indexed by the next 15
-bits), so each symbol costs one list lookup and a few shifts. Every input read is bounds-checked by
-catching IndexError at the one place it can happen, and every symbol writes at least one byte, so hostile
-input ends either in success or in XpressError after at most `uncompressed_size` symbols.
+The decoder works on plain ints with one lookup table per block, indexed by the next W bits where W is
+the block's longest code (at most 15), so each symbol costs one lookup and a few shifts. Every input read
+is bounds-checked by catching IndexError at the one place it can happen, and every symbol writes at least
+one byte, so hostile input ends either in success or in XpressError after at most `uncompressed_size` symbols.
 """
 
 from __future__ import annotations
 
-import struct
+from array import array
 
 __all__ = ["XpressError", "decompress_lz77_huffman"]
 
 _TABLE_BYTES = 256
 _SYMBOLS = 512
-_MAX_BITS = 15
-_LOOKUP_SIZE = 1 << _MAX_BITS
 _BLOCK_OUTPUT = 65536
 _MASK32 = 0xFFFFFFFF
-_ENTRY = struct.Struct("=H").pack  # native order, as memoryview.cast("H") reads it
 _LOW_NIBBLE = bytes(b & 15 for b in range(256))
 _HIGH_NIBBLE = bytes(b >> 4 for b in range(256))
 
@@ -45,13 +42,18 @@ class XpressError(ValueError):
         self.offset = offset
 
 
-def _build_lookup(data: bytes, start: int) -> memoryview:
-    """The 15-bit lookup table of the block whose length table begins at `start`.
+def _build_lookup(data: bytes, start: int) -> tuple[array[int], int]:
+    """The lookup table of the block whose length table begins at `start`, and the shift that takes its
+    index, the next W bits (W the block's longest code), from the top of the 32-bit register.
 
     Each entry is `symbol << 4 | code_length`. Canonical codes in (length, symbol) order fill the table
-    from index 0 upwards, a code of length L covering 2**(15-L) consecutive entries; so running past the
+    from index 0 upwards, a code of length L covering 2**(W-L) consecutive entries; so running past the
     end means the code is over-subscribed and stopping short means it is incomplete. Both are corrupt
     input: no decoder could tell what an unassigned bit pattern means.
+
+    A backup's chunks are small, with codes of 7 to 9 bits, and building the table cost more than
+    decoding them: so the table is W bits wide rather than 15, and it is filled a code length at a time,
+    by slice assignments (one per symbol, or one per repeat, whichever is fewer), not symbol by symbol.
     """
     table = bytes(data[start : start + _TABLE_BYTES])
     if len(table) < _TABLE_BYTES:
@@ -59,25 +61,36 @@ def _build_lookup(data: bytes, start: int) -> memoryview:
     lengths = bytearray(_SYMBOLS)
     lengths[0::2] = table.translate(_LOW_NIBBLE)
     lengths[1::2] = table.translate(_HIGH_NIBBLE)
+    width = max(lengths)
+    if width == 0:
+        raise XpressError(f"Huffman table at input byte {start} has no codes", start)
+    size = 1 << width
     # Canonical order: by code length, then by symbol (a stable sort keeps symbols in increasing order).
-    order = sorted(range(_SYMBOLS), key=lengths.__getitem__)[lengths.count(0) :]
-    # The table is built as 2-byte entries joined in one go and read through a memoryview: a few hundred
-    # byte-string repeats instead of filling a 32768-entry list slice by slice, which cost more than
-    # decoding a small chunk.
-    parts: list[bytes] = []
-    pos = 0
-    for symbol in order:
-        length = lengths[symbol]
-        span = 1 << (_MAX_BITS - length)
-        pos += span
-        if pos > _LOOKUP_SIZE:
+    order = sorted(range(_SYMBOLS), key=lengths.__getitem__)
+    lookup = array("H", bytes(2 * size))
+    pos, i = 0, lengths.count(0)
+    for length in range(1, width + 1):
+        count = lengths.count(length)
+        if not count:
+            continue
+        entries = array("H", [symbol << 4 | length for symbol in order[i : i + count]])
+        i += count
+        span = 1 << (width - length)
+        end = pos + count * span
+        if end > size:
             raise XpressError(f"over-subscribed Huffman code in the table at input byte {start}", start)
-        parts.append(_ENTRY(symbol << 4 | length) * span)
-    if pos != _LOOKUP_SIZE:
-        if pos == 0:
-            raise XpressError(f"Huffman table at input byte {start} has no codes", start)
+        if span == 1:
+            lookup[pos:end] = entries
+        elif count < span:
+            for n in range(count):
+                lookup[pos + n * span : pos + (n + 1) * span] = entries[n : n + 1] * span
+        else:
+            for j in range(span):
+                lookup[pos + j : end : span] = entries
+        pos = end
+    if pos != size:
         raise XpressError(f"incomplete Huffman code in the table at input byte {start}", start)
-    return memoryview(b"".join(parts)).cast("H")
+    return lookup, 32 - width
 
 
 def decompress_lz77_huffman(data: bytes, uncompressed_size: int, *, strict: bool = True) -> bytes:
@@ -104,7 +117,7 @@ def decompress_lz77_huffman(data: bytes, uncompressed_size: int, *, strict: bool
                 n,
             )
         table_at = pos
-        lookup = _build_lookup(data, pos)
+        lookup, shift = _build_lookup(data, pos)
         pos += _TABLE_BYTES
         bits = (data[pos] | data[pos + 1] << 8) << 16 | data[pos + 2] | data[pos + 3] << 8
         pos += 4
@@ -112,7 +125,7 @@ def decompress_lz77_huffman(data: bytes, uncompressed_size: int, *, strict: bool
         stop = min(o + _BLOCK_OUTPUT, uncompressed_size)
         try:
             while o < stop:
-                entry = lookup[bits >> 17]
+                entry = lookup[bits >> shift]
                 length = entry & 15
                 bits = (bits << length) & _MASK32
                 extra -= length
@@ -181,7 +194,7 @@ def decompress_lz77_huffman(data: bytes, uncompressed_size: int, *, strict: bool
                 o = end
             if strict and o == uncompressed_size:
                 # [MS-XCA]'s end condition: the next symbol is 256 and reading it uses up the input.
-                entry = lookup[bits >> 17]
+                entry = lookup[bits >> shift]
                 extra -= entry & 15
                 if extra < 0:
                     pos += 2
