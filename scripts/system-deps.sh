@@ -15,6 +15,8 @@ command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 { [[ -x /usr/sbin/smbd ]] && command -v smbpasswd >/dev/null 2>&1; } || missing+=(samba)
 # The console tests drive this browser; playwright never downloads one.
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# npm (with Node) installs Azurite below, for the Azure Blob tests.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "ferry: installing ${missing[*]} (Debian packages)" >&2
