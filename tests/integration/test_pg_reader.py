@@ -26,8 +26,8 @@ from ferry.cli.main import app
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import BackupFormatError
 from ferry.core.findings import Finding, Severity
-from ferry.engines.postgres.chain import group_sources
 from ferry.engines.postgres.engine import PostgresEngine
+from ferry.engines.postgres.grouping import group_sources
 from ferry.engines.postgres.reader import (
     BackupHistoryFile,
     BackupManifest,

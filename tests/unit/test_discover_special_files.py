@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from ferry.core.findings import Finding, Severity
-from ferry.engines.postgres.chain import not_segments
+from ferry.engines.postgres.grouping import not_segments
 from ferry.engines.registry import all_engines
 from ferry.pipeline.discover import scan
 from ferry.stores.local import LocalStore

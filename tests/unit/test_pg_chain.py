@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import BackupFormatError, UsageError
-from ferry.engines.postgres import chain
+from ferry.engines.postgres import chain, grouping
 from ferry.engines.postgres.engine import PostgresEngine
 from ferry.engines.postgres.reader import (
     BackupHistoryFile,
@@ -258,7 +258,7 @@ def test_a_timeline_without_its_history_file_is_not_followed() -> None:
 
 
 def test_timeline_for_matches_recovery_rules() -> None:
-    source = chain.Source(SYS, histories=(history(3, (1, 5 * SIZE + 10), (2, 9 * SIZE)),))
+    source = grouping.Source(SYS, histories=(history(3, (1, 5 * SIZE + 10), (2, 9 * SIZE)),))
     path = chain.timeline_path(3, source)
     assert [s.timeline for s in path] == [1, 2, 3]
     # the segment holding a switch point comes from the child timeline

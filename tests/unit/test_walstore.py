@@ -15,7 +15,7 @@ import zstandard
 
 from ferry.engines.postgres import archive
 from ferry.engines.postgres.archive import INDEX_FILE, Prefetcher, wal_fetch
-from ferry.engines.postgres.chain import group_sources
+from ferry.engines.postgres.grouping import group_sources
 from ferry.engines.postgres.reader import WalSegment, read_file
 from ferry.engines.postgres.wal import SegmentName
 from ferry.engines.postgres.walstore import (

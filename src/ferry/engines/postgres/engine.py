@@ -26,7 +26,7 @@ from ferry.core.catalog import BackupSummary, DatabaseCatalog, RecoveryTarget
 from ferry.core.errors import UsageError
 from ferry.core.findings import Finding, Severity
 from ferry.core.plan import DatabasePlan, PlanStep, StepKind
-from ferry.engines.postgres import chain
+from ferry.engines.postgres import chain, grouping
 from ferry.engines.postgres.reader import PgFile, read_file, sniff
 from ferry.engines.postgres.wal import format_lsn, parse_lsn
 from ferry.stores.base import RangeReader
@@ -46,7 +46,7 @@ class PostgresEngine:
         return read_file(reader)
 
     def catalog(self, sets: Sequence[object]) -> tuple[list[DatabaseCatalog], list[Finding]]:
-        sources, findings = chain.group_sources(sets)
+        sources, findings = grouping.group_sources(sets)
         out = []
         for source in sources:
             selected = chain.select_chain(source)
@@ -69,7 +69,7 @@ class PostgresEngine:
     def plan(
         self, sets: Sequence[object], target: RecoveryTarget | None
     ) -> tuple[list[DatabasePlan], list[Finding]]:
-        sources, findings = chain.group_sources(sets)
+        sources, findings = grouping.group_sources(sets)
         # Parsed only when there is a PostgreSQL source: in a store of SQL Server backups the LSN is in
         # SQL Server's form and is none of this engine's business.
         goal_lsn = _goal_lsn(target) if sources else None
@@ -103,7 +103,7 @@ def _goal_lsn(target: RecoveryTarget | None) -> int | None:
         ) from None
 
 
-def _time_unsupported(source: chain.Source, target: RecoveryTarget) -> Finding:
+def _time_unsupported(source: grouping.Source, target: RecoveryTarget) -> Finding:
     assert target.time is not None
     return Finding(
         "stop-at-unsupported",
@@ -125,11 +125,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _latest(source: chain.Source) -> chain.BaseBackup | None:
+def _latest(source: grouping.Source) -> grouping.BaseBackup | None:
     return source.bases[-1] if source.bases else None
 
 
-def _server(source: chain.Source) -> str:
+def _server(source: grouping.Source) -> str:
     latest = _latest(source)
     if latest is not None:
         return f"PostgreSQL {latest.tar.pg_version}"
@@ -137,12 +137,12 @@ def _server(source: chain.Source) -> str:
     return f"PostgreSQL {max(versions)}" if versions else "PostgreSQL"
 
 
-def _usable(base: chain.BaseBackup, source: chain.Source) -> bool:
+def _usable(base: grouping.BaseBackup, source: grouping.Source) -> bool:
     w = chain.walk(base, chain.best_target(base, source), source)
     return w.consistent and not base.missing_tablespaces
 
 
-def _restorable_from(source: chain.Source) -> datetime | None:
+def _restorable_from(source: grouping.Source) -> datetime | None:
     """The earliest point: where the oldest restorable base backup becomes consistent (its STOP TIME when
     the backup history file is there, else its START TIME)."""
     for base in source.bases:  # oldest first
@@ -160,7 +160,7 @@ def _restores_to(selected: chain.Chain) -> str | None:
     return _iso(stop)
 
 
-def _base_note(base: chain.BaseBackup, source: chain.Source) -> str | None:
+def _base_note(base: grouping.BaseBackup, source: grouping.Source) -> str | None:
     notes = []
     if base.tar.compression != "none":
         notes.append(f"{base.tar.compression} compressed")
@@ -175,7 +175,7 @@ def _base_note(base: chain.BaseBackup, source: chain.Source) -> str | None:
     return "; ".join(notes) or None
 
 
-def _summaries(source: chain.Source) -> list[BackupSummary]:
+def _summaries(source: grouping.Source) -> list[BackupSummary]:
     out = []
     for base in source.bases:
         stop_time = base.history.label.stop_time if base.history else None
@@ -241,7 +241,7 @@ def _steps(selected: chain.Chain) -> list[PlanStep]:
     return steps
 
 
-def _details(source: chain.Source, selected: chain.Chain) -> dict[str, Any]:
+def _details(source: grouping.Source, selected: chain.Chain) -> dict[str, Any]:
     latest = _latest(source)
     versions = sorted({s.header.pg_version for s in source.segments if s.header.pg_version})
     return {

@@ -35,7 +35,7 @@ from ferry.core.errors import FerryError, UsageError
 from ferry.core.findings import Finding, Severity
 from ferry.core.migration import State, StatusReporter
 from ferry.engines.base import MigrationJob, ReplaySettings, SourceFiles, TargetSpec
-from ferry.engines.postgres import archive, chain
+from ferry.engines.postgres import archive, chain, grouping
 from ferry.engines.postgres.cluster import free_port
 from ferry.engines.postgres.cutover import CutoverRequest, clear_cutover
 from ferry.engines.postgres.engine import ENGINE
@@ -158,7 +158,7 @@ class MigrationResult:
 class SourcePlan:
     store: BackupStore
     prefix: str
-    source: chain.Source
+    source: grouping.Source
     chain: chain.Chain
     findings: tuple[Finding, ...]
     location: str = ""
@@ -169,7 +169,7 @@ def plan_files(files: SourceFiles) -> SourcePlan:
     MigrationBlocked on error findings, UsageError when the location holds no source or several."""
     location = files.location
     store, prefix = open_location(location)
-    sources, grouping = chain.group_sources(files.sets)
+    sources, grouped = grouping.group_sources(files.sets)
     if not sources:
         raise UsageError(
             f"no PostgreSQL base backup or WAL found in '{location}'",
@@ -185,8 +185,8 @@ def plan_files(files: SourceFiles) -> SourcePlan:
     selected = chain.select_chain(src)
     findings = (
         *files.findings,
-        *chain.not_segments(files.findings),
-        *grouping,
+        *grouping.not_segments(files.findings),
+        *grouped,
         *src.findings,
         *selected.findings,
     )
