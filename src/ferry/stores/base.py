@@ -170,6 +170,12 @@ def check_prefix(prefix: str, store: str) -> str:
     return check_key(prefix, store)
 
 
+def whole_stream(reader: RangeReader) -> Iterator[bytes] | None:
+    """The whole object as one stream (one request) from a reader that streams (remote stores); None from
+    one that reads ranges as cheaply (a local file), whose reads need no buffering in between."""
+    return reader.stream(0, reader.size) if isinstance(reader, StreamingReader) else None
+
+
 def iter_range(reader: RangeReader, offset: int, length: int, chunk: int = 4 << 20) -> Iterator[bytes]:
     """`length` bytes from `offset` in pieces, ending early where the object ends: streamed (and resumed
     after a dropped connection) by readers that can, in `chunk`-sized reads otherwise."""

@@ -112,6 +112,10 @@ class Sequential:
                 piece = next(self._pieces, b"")
                 if not piece:
                     break  # the object ended early: the caller's size checks say so
+                if len(piece) <= want - have:  # taken whole: no copy
+                    parts.append(piece)
+                    have += len(piece)
+                    continue
                 self._rest = memoryview(piece)
             part = self._rest[: want - have]
             self._rest = self._rest[len(part) :]

@@ -35,7 +35,7 @@ from ferry.engines.postgres.compression import Compression
 from ferry.engines.postgres.manifest import parse_manifest
 from ferry.engines.postgres.targetdir import TargetError
 from ferry.engines.postgres.tarread import RangedSource, StreamSource, TarProblem
-from ferry.stores.base import RangeReader, iter_range
+from ferry.stores.base import RangeReader, whole_stream
 from ferry.stores.local import LocalFileReader
 
 CHUNK = 4 * 1024 * 1024
@@ -226,7 +226,7 @@ def _source(archive: Archive) -> tuple[RangedSource | StreamSource, Callable[[],
     reader = archive.reader
     if archive.compression is Compression.NONE and archive.fd is not None:
         return RangedSource(reader, fd=archive.fd, window=tarread.BLOCK), lambda: None
-    raw = compression.Sequential(reader, iter_range(reader, 0, reader.size))
+    raw = compression.Sequential(reader, whole_stream(reader))
     chunks = _Decompressing(compression.chunks(raw, archive.compression, CHUNK), archive.name)
     return StreamSource(chunks, raw, archive.compression), chunks.close
 

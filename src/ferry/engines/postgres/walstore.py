@@ -31,7 +31,7 @@ from posixpath import basename, dirname
 from ferry.core.errors import FerryError, ObjectNotFound
 from ferry.engines.postgres import compression
 from ferry.engines.postgres.compression import Compression
-from ferry.stores.base import BackupStore, iter_range
+from ferry.stores.base import BackupStore, whole_stream
 
 DEFAULT_FOLDER = "wal"  # where `ferry wal-push` writes, and the first place looked when nothing is known
 COPY_CHUNK = 4 * 1024 * 1024
@@ -221,7 +221,7 @@ def copy_into(store: BackupStore, obj: WalObject, fd: int, *, limit: int = MAX_S
     reader = store.open(obj.key)
     try:
         done = 0
-        whole = compression.Sequential(reader, iter_range(reader, 0, reader.size))
+        whole = compression.Sequential(reader, whole_stream(reader))
         for chunk in _decompressed(whole, obj, where):
             done += len(chunk)
             if done > limit:
