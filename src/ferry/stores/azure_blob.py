@@ -21,7 +21,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl
 
@@ -228,6 +228,36 @@ class AzureBlobStore:
         return self._cred.source
 
     @property
+    def account_key(self) -> str:
+        """The account key Ferry authenticates with, when it has one (never printed): a SQL Server target
+        reads page blobs through a credential that holds it."""
+        return self._cred.key
+
+    def container_sas(self, hours: float) -> tuple[str, bool, float | None]:
+        """A SAS a SQL Server target can read this container with: the one Ferry was given (the URL's, the
+        environment's, the credentials file's), else a read and list SAS minted from the account key,
+        valid for `hours`. Returns (token without `?`, minted, expiry in epoch seconds); an empty token
+        when Ferry has neither (a token credential from azure-identity cannot be turned into a SAS)."""
+        if self._cred.sas:
+            expiry = dict(parse_qsl(self._cred.sas)).get("se")
+            return self._cred.sas, False, _epoch(expiry) if expiry else None
+        if not self._cred.key:
+            return "", False, None
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        start = datetime.now(UTC) - timedelta(minutes=5)  # clock skew between Ferry and the service
+        until = datetime.now(UTC) + timedelta(hours=hours)
+        token = generate_container_sas(
+            self.location.account,
+            self.location.container,
+            account_key=self._cred.key,
+            permission=ContainerSasPermissions(read=True, list=True),
+            start=start,
+            expiry=until,
+        )
+        return token, True, until.timestamp()
+
+    @property
     def capabilities(self) -> StoreCapabilities:
         perms = dict(parse_qsl(self._cred.sas)).get("sp") if self._cred.sas else None
         return StoreCapabilities(
@@ -363,6 +393,14 @@ class AzureBlobStore:
         if isinstance(exc, StoreError):
             return exc
         return StoreError(f"cannot {what} in store '{self._url}': {detail}", "check the store's URL")
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _rewound(source: BinaryIO) -> BinaryIO:

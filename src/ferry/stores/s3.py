@@ -68,6 +68,8 @@ class S3Store:
         self._policy = policy or RetryPolicy.from_env()
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         session = boto3.session.Session()
+        self._session = session
+        self._endpoint = endpoint
         config = Config(
             retries={"max_attempts": 1, "mode": "standard"},  # one retry policy: ferry.stores.retry
             connect_timeout=10,
@@ -87,6 +89,27 @@ class S3Store:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint URL Ferry reaches (AWS_ENDPOINT_URL[_S3]), empty for AWS's own."""
+        return str(self._client.meta.endpoint_url or "") if self._endpoint else ""
+
+    @property
+    def region(self) -> str:
+        return str(self._client.meta.region_name or "us-east-1")
+
+    def access_keys(self) -> str:
+        """`<access key id>:<secret key>` of the credentials Ferry found, as a SQL Server 2022 S3 credential
+        holds them; empty when there are none or they are temporary (a session token, which such a
+        credential cannot carry). Never printed."""
+        creds = self._session.get_credentials()
+        if creds is None:
+            return ""
+        frozen = creds.get_frozen_credentials()
+        if frozen.token or not frozen.access_key or not frozen.secret_key:
+            return ""
+        return f"{frozen.access_key}:{frozen.secret_key}"
 
     @property
     def capabilities(self) -> StoreCapabilities:

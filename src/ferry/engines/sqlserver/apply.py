@@ -19,18 +19,19 @@ from uuid import UUID
 from ferry.core.errors import FerryError
 from ferry.core.migration import MigrationStatus, State, StatusReporter
 from ferry.engines.base import MigrationJob, StepContext
+from ferry.engines.sqlserver import access as acc
 from ferry.engines.sqlserver import follow
 from ferry.engines.sqlserver.chain import ChainStep
 from ferry.engines.sqlserver.connection import SqlError
+from ferry.engines.sqlserver.devices import Mapped, credentials_of
 from ferry.engines.sqlserver.facts import Position
 from ferry.engines.sqlserver.follow import LogView
-from ferry.engines.sqlserver.prepare import device, restore_options, stop_point, store_root
+from ferry.engines.sqlserver.prepare import restore_options, stop_point
 from ferry.engines.sqlserver.recovery import Goal, resolve_stop_point
 from ferry.engines.sqlserver.settings import Settings, SqlState
 from ferry.engines.sqlserver.stripes import LogicalBackup
 from ferry.engines.sqlserver.target import Target, Throttle
 from ferry.engines.sqlserver.tsql import restore_statement as render
-from ferry.stores.registry import open_location
 
 TOO_EARLY, TOO_RECENT = 4326, 4305
 SETTLE_SECONDS = 1.0  # a file modified this recently may still be being written: held for a turn
@@ -55,8 +56,10 @@ class Applier:
     ) -> None:
         self.job, self.st, self.s, self.t, self.ctx, self.rep = job, state, settings, target, ctx, reporter
         self.who = follow.Identity(state.source_server, state.source_database, state.family_guid)
-        self.root = store_root(job.source)
-        self.store, _ = open_location(job.source)
+        self.source = acc.open_source(job.source, settings, state.full.size)
+        self.store = self.source.store
+        self.view = acc.view_of_state(state.target_major, state.target_platform)
+        self.credentials: acc.Credentials | None = None
         self.too_early: set[str] = set()
         self.mine: list[LogicalBackup] = []
         self.goal: Goal | None = None
@@ -139,8 +142,11 @@ class Applier:
         self.forget_position()  # the target moves on: ask it again next time
         b = step.backup
         guid = str(b.backup_set_guid).upper()
-        devices = [device(self.root, k, self.s.path_map) for k in b.files]
-        options = restore_options(self.st.database, self.s, self.st.moves, self.st.target_major)
+        mapped = acc.step_devices(self.source, list(b.files), self.view, self.s.path_map)
+        self.renew(mapped)
+        devices = acc.devices(mapped)
+        credential = acc.credential_name(mapped)
+        options = restore_options(self.st.database, self.s, self.st.moves, self.st.target_major, credential)
         if self.s.media_password:
             options = replace(options, media_password=self.s.media_password)
         statement = render(step, devices, options)
@@ -168,6 +174,20 @@ class Applier:
                 return  # the position moved under us (another client): read it again next turn
             raise
         self.since = time.monotonic()
+
+    def renew(self, mapped: list[Mapped]) -> None:
+        """A SAS Ferry minted is put on the target again when this step starts (a resumed migration's
+        credential may hold an older one) and whenever less than a quarter of its life is left."""
+        if not self.source.access.sas_minted:
+            return
+        if self.credentials is None or self.credentials.renew_due():
+            first = self.credentials is None
+            self.credentials = acc.Credentials(self.source, credentials_of(mapped))
+            if first:
+                self.credentials.ensure(self.t, [c.name for c in self.credentials.needed], alter=True)
+            else:
+                self.credentials.renew(self.t, [c.name for c in self.credentials.needed])
+                self.ctx.note("renewed the SAS credential on the target (ALTER CREDENTIAL)")
 
     # -- what the caller shows ----------------------------------------------------------------------------
     def report(

@@ -37,6 +37,7 @@ from ferry.engines.base import (
     TargetSpec,
     Until,
 )
+from ferry.engines.sqlserver import access as acc
 from ferry.engines.sqlserver import prepare as prep
 from ferry.engines.sqlserver.apply import Applier, LogsMissing
 from ferry.engines.sqlserver.connection import Connection, TargetUrl, password_for
@@ -145,8 +146,11 @@ class SqlServerMigrator:
         step = next((x for x in src.steps if prep.guid(x) == guid), None)
         if step is None:
             raise FerryError(f"backup set {guid} is no longer in '{job.source}'", "put its files back")
-        devices = [prep.device(src.root, k, s.path_map) for k in step.backup.files]
-        options = prep.restore_options(st.database, s, st.moves, st.target_major)
+        source = acc.open_source(job.source, s, step.backup.size)
+        view = acc.view_of_state(st.target_major, st.target_platform)
+        mapped = acc.step_devices(source, list(step.backup.files), view, s.path_map)
+        devices = acc.devices(mapped)
+        options = prep.restore_options(st.database, s, st.moves, st.target_major, acc.credential_name(mapped))
         opts = replace(
             options,
             media_password=s.media_password,

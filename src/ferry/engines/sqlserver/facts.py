@@ -398,3 +398,34 @@ def parse_position(results: Sequence[ResultSet]) -> Position:
         last_full=_restored(full[0]) if full else None,
         recent=tuple(_restored(r) for r in results[3].dicts()),
     )
+
+
+# -- what the target's reading of backup devices depends on ------------------------------------------------
+
+# Asked on their own, apart from the facts batch, so that a build or a login that cannot answer one of them
+# loses only that fact. sys.dm_os_host_info exists from SQL Server 2017 on; 2016 and older run on Windows
+# only. https://learn.microsoft.com/sql/relational-databases/system-dynamic-management-views/sys-dm-os-host-info-transact-sql
+CREDENTIAL_RIGHTS = "SELECT HAS_PERMS_BY_NAME(NULL, NULL, 'ALTER ANY CREDENTIAL') AS can_alter_credentials"
+HOST_PLATFORM = "SELECT host_platform FROM sys.dm_os_host_info"
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """The platform the instance runs on ("Windows", "Linux"; None when unknown) and whether the login may
+    create and alter credentials (sysadmin, or ALTER ANY CREDENTIAL)."""
+
+    platform: str | None = None
+    can_alter_credentials: bool = False
+
+
+def parse_platform(results: Sequence[ResultSet], major: int) -> str | None:
+    rows = results[0].rows if results else []
+    if rows and rows[0][0]:
+        text = str(rows[0][0]).strip().lower()
+        return "Linux" if "linux" in text else "Windows" if "windows" in text else None
+    return "Windows" if 0 < major < 14 else None
+
+
+def parse_credential_rights(results: Sequence[ResultSet]) -> bool:
+    rows = results[0].rows if results else []
+    return bool(rows) and _int(rows[0][0]) == 1

@@ -21,7 +21,8 @@ each reported as a finding with a stable code and a hint (docs/engines.md lists 
 | `free-space-unknown` | warning | no volume figures for a target folder |
 | `target-single-user` | warning | single-user or restricted mode: Ferry waits until it clears |
 
-Pure: the target's facts and the backups' headers in, findings and the moves out.
+Pure: the target's facts and the backups' headers in, findings and the moves out. The findings about how
+the target reads the backups (devices and their credentials) are devices.py's and access.py's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from ferry.engines.sqlserver.facts import DatabaseRow, Probe, TargetFacts
 from ferry.engines.sqlserver.headers import DatabaseFile
 from ferry.engines.sqlserver.restore_script import OLDEST_TARGET, version_findings
 from ferry.engines.sqlserver.stripes import LogicalBackup
-from ferry.engines.sqlserver.tsql import Device
 
 _WINDOWS = re.compile(r"^([A-Za-z]:|\\\\)|\\")
 _YEARS = {8: "2000", 9: "2005", 10: "2008 or 2008 R2", 11: "2012", 12: "2014", 13: "2016", 14: "2017",
@@ -354,109 +354,3 @@ def check_space(
             )
         )
     return out
-
-
-# -- the backup files, as the target reads them ------------------------------------------------------------
-
-
-def url_prefix(url: str) -> str:
-    """The credential name a SAS credential for `url` has: the container's URL (scheme://host/container, or
-    scheme://host/account/container on an emulator, whose first path part is the account)."""
-    scheme, _, rest = url.partition("://")
-    host, _, path = rest.partition("/")
-    parts = path.split("/")
-    keep = 2 if re.match(r"^(127\.|localhost|\[::1\])", host) and len(parts) > 2 else 1
-    return f"{scheme}://{host}/" + "/".join(parts[:keep])
-
-
-def credential_for(url: str, credentials: Sequence[str]) -> str | None:
-    """The credential SQL Server 2016+ uses for `url`: the longest name that is a prefix of it."""
-    matches = [c for c in credentials if url.casefold().startswith(c.casefold().rstrip("/") + "/")]
-    return max(matches, key=len, default=None)
-
-
-def check_devices(
-    devices: Sequence[Device],
-    facts: TargetFacts,
-    target: str,
-    blob_types: Mapping[str, str] | None,
-    sas: bool,
-    credential: str | None,
-) -> tuple[list[Finding], tuple[str, ...]]:
-    """URL devices: the credential each needs, and page blobs on SQL Server 2012/2014. Returns findings
-    and the URL prefixes Ferry creates a SAS credential for (when a token was given)."""
-    urls = [d.path for d in devices if d.is_url]
-    if not urls:
-        return [], ()
-    out: list[Finding] = []
-    create: list[str] = []
-    if facts.major in (11, 12):
-        if blob_types is None:
-            out.append(
-                _f(
-                    "blob-types-unknown",
-                    Severity.WARNING,
-                    f"SQL Server {_YEARS[facts.major]} on {target} reads only page blobs, and Ferry could "
-                    "not check the blob types of the backups",
-                    "make sure they are page blobs (BACKUP TO URL with a storage key credential writes them)",
-                    urls,
-                )
-            )
-        else:
-            block = [u for u in urls if str(blob_types.get(u, "")).lower().startswith("block")]
-            if block:
-                out.append(
-                    _f(
-                        "block-blobs",
-                        Severity.ERROR,
-                        f"SQL Server {_YEARS[facts.major]} on {target} restores from page blobs only; "
-                        f"{len(block)} backup file(s) are block blobs: " + ", ".join(f"'{u}'" for u in block),
-                        "restore onto SQL Server 2016 or later, copy the files to a disk the server reads, "
-                        "or copy them as page blobs (azcopy --blob-type PageBlob)",
-                        block,
-                    )
-                )
-        if credential is None or credential.casefold() not in {c.casefold() for c in facts.credentials}:
-            out.append(
-                _f(
-                    "url-credential-missing",
-                    Severity.ERROR,
-                    f"SQL Server {_YEARS[facts.major]} on {target} reads URLs through a storage account key "
-                    f"credential named in the restore, and "
-                    + (f"'{credential}' is not defined there" if credential else "none was given"),
-                    "CREATE CREDENTIAL on the target with the account name and key, and give its name",
-                    urls,
-                )
-            )
-        return out, ()
-    missing = sorted({url_prefix(u) for u in urls if credential_for(u, facts.credentials) is None})
-    if missing and sas:
-        create.extend(missing)
-    elif missing:
-        out.append(
-            _f(
-                "url-credential-missing",
-                Severity.ERROR,
-                f"{target} has no credential for {', '.join(missing)}, so it cannot read the backups there "
-                "(it would fail with 3201)",
-                "give a SAS token (FERRY_MSSQL_SAS) and Ferry creates the credential, or CREATE CREDENTIAL "
-                "[<container URL>] WITH IDENTITY = 'SHARED ACCESS SIGNATURE', SECRET = '<token>'",
-                urls,
-            )
-        )
-    return out, tuple(create)
-
-
-def unreadable(failures: Mapping[str, str], target: str) -> list[Finding]:
-    """Devices `RESTORE LABELONLY` could not read through the target, with the target's own words."""
-    return [
-        _f(
-            "backup-unreadable",
-            Severity.ERROR,
-            f"{target} cannot read backup file '{device}': {reason}",
-            "the SQL Server service account must reach that path (a share it may read, or a local copy); "
-            "map store paths to what the target sees with --backup-path-as LOCAL=TARGET",
-            [device],
-        )
-        for device, reason in failures.items()
-    ]

@@ -2,7 +2,7 @@
 chain.py), read the target's facts, run every preflight check (preflight.py), choose where each file goes,
 render the full and differential RESTORE statements, and claim the database in the work folder.
 
-Nothing here writes to the target but a SAS credential Ferry was asked to create: the checks run before
+Nothing here writes to the target but the credentials its devices need (access.py): the checks run before
 the first byte moves. A database this migration already owns (its claim, and the files it put there) is
 reopened instead: the phase says where it stands, read from the target.
 """
@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from ferry.core.catalog import RecoveryTarget
 from ferry.core.errors import FerryError, UsageError
@@ -22,20 +21,20 @@ from ferry.core.lsn import parse_sqlserver_lsn
 from ferry.core.migration import MigrationStatus, State
 from ferry.core.plan import DatabasePlan, StepKind
 from ferry.engines.base import MigrationJob, Prepared, SourceFiles, StepContext, StepReport
+from ferry.engines.sqlserver import access as acc
+from ferry.engines.sqlserver import devices as dv
 from ferry.engines.sqlserver import preflight as pf
 from ferry.engines.sqlserver.chain import ChainStep, StopPoint
 from ferry.engines.sqlserver.engine import ENGINE, SqlServerEngine
 from ferry.engines.sqlserver.facts import DatabaseRow, Position, TargetFacts
 from ferry.engines.sqlserver.follow import Identity
 from ferry.engines.sqlserver.headers import BackupSet, DatabaseFile
-from ferry.engines.sqlserver.restore_script import chain_step, map_path
+from ferry.engines.sqlserver.restore_script import chain_step
 from ferry.engines.sqlserver.settings import BaseStep, Settings, SqlState
 from ferry.engines.sqlserver.target import PROBE_ROUNDS, Target, wait_backoff
 from ferry.engines.sqlserver.tsql import Device, Recovery, RestoreOptions, ScriptError, quote_ident
 from ferry.engines.sqlserver.tsql import restore_statement as render
 from ferry.engines.sqlserver.workdir import WorkFolder
-from ferry.stores.local import LocalStore
-from ferry.stores.registry import open_location
 
 
 class MigrationBlocked(FerryError):
@@ -57,7 +56,7 @@ class SourcePlan:
     plan: DatabasePlan
     steps: list[ChainStep]  # with the headers the scan read: full, differential, logs
     sets: list[BackupSet]
-    root: str  # where the store's keys live: a local folder, or an object store's URL
+    root: str  # the source's location, as the job gives it (devices.py maps its keys)
 
     @property
     def identity(self) -> Identity:
@@ -90,23 +89,6 @@ def stop_point(stop_at: str | None) -> StopPoint | None:
     return StopPoint(time=target.time)
 
 
-def store_root(location: str) -> str:
-    store, _ = open_location(location)
-    if isinstance(store, LocalStore):
-        return store.root.resolve().as_posix()
-    # An object store: the target reads its blobs by URL (the Azure store's keys under its container URL).
-    return store.url.rstrip("/")
-
-
-def device(root: str, key: str, path_map: Sequence[tuple[str, str]]) -> Device:
-    """How the target reads the store's file `key`: the same path (a local store), the blob URL (an object
-    store), or what --backup-path-as maps it to."""
-    local_map = [
-        (local if "://" in local else Path(local).resolve().as_posix(), target) for local, target in path_map
-    ]
-    return map_path(f"{root.rstrip('/')}/{key}", local_map)
-
-
 def plan_source(job: MigrationJob, files: SourceFiles) -> SourcePlan:
     sets = [s for s in files.sets if isinstance(s, BackupSet)]
     plans, _ = SqlServerEngine().plan(sets, recovery_target(job.stop_at))
@@ -129,10 +111,12 @@ def plan_source(job: MigrationJob, files: SourceFiles) -> SourcePlan:
     plan = chosen[0]
     if not plan.executable:
         raise MigrationBlocked(f"database [{plan.name}] from '{job.source}'", plan.findings)
-    return SourcePlan(plan, [chain_step(s, sets) for s in plan.steps], sets, store_root(job.source))
+    return SourcePlan(plan, [chain_step(s, sets) for s in plan.steps], sets, job.source)
 
 
-def restore_options(database: str, s: Settings, moves: dict[str, str], major: int) -> RestoreOptions:
+def restore_options(
+    database: str, s: Settings, moves: dict[str, str], major: int, credential: str | None = None
+) -> RestoreOptions:
     return RestoreOptions(
         database=database,
         moves=moves,
@@ -140,7 +124,7 @@ def restore_options(database: str, s: Settings, moves: dict[str, str], major: in
         checksum=s.checksum,
         buffer_count=s.buffer_count,
         max_transfer_size=s.max_transfer_size,
-        credential=s.credential if major in (11, 12) else None,
+        credential=credential,
         target_version=major,
         recovery=Recovery.STANDBY if s.standby else Recovery.NORECOVERY,
         standby_file=s.standby,
@@ -230,18 +214,24 @@ def prepare(
         with work.placing() as claimed:
             moves = _place_files(target, facts, s, base, database, existing, findings, frozenset(claimed))
             work.place(moves)
-    devices = {guid(st): [device(src.root, k, s.path_map) for k in st.backup.files] for st in src.steps}
-    every = [d for ds in devices.values() for d in ds]
-    found, create = pf.check_devices(every, facts, target.name, s.blob_types, bool(s.sas), s.credential)
-    findings += found
+    source = acc.open_source(job.source, s, base[0].backup.size if base else 0)
+    view = acc.target_view(facts, target.device_facts(facts.major))
+    mapped = _map_steps(source, src.steps, view, s)
+    devices = {g: acc.devices(m) for g, m in mapped.items()}
+    every = [m for ms in mapped.values() for m in ms]
+    findings += dv.findings_of(every)
     options = restore_options(database, s, moves, facts.major)
-    statements = _render(base, devices, options, s.replace and not mine, findings)
+    statements = _render(base, devices, options, s.replace and not mine, findings, mapped)
     if logs and s.standby:
-        _render(logs[:1], devices, options, False, findings)  # STANDBY may be refused (an upgrade)
+        _render(logs[:1], devices, options, False, findings, mapped)  # STANDBY may be refused (an upgrade)
     if not pf.Result(tuple(findings)).blocked:
-        for name in create:
-            target.create_sas_credential(name, s.sas or "")
-        findings += _probe_reads(target, [devices[guid(st)] for st in (*base, *logs[:1])], s)
+        creds = acc.Credentials(source, dv.credentials_of(every))
+        creds.ensure(target, facts.credentials)
+        probes = [mapped[guid(st)] for st in (*base, *logs[:1])]
+        failed = _probe_reads(target, probes, s)
+        if failed and creds.ensure(target, [c.name for c in creds.needed], alter=True):
+            failed = _probe_reads(target, probes, s)  # an existing credential held another secret
+        findings += failed
     label = f"database [{plan.name}] from '{job.source}' onto [{database}] on {target.name}"
     if pf.Result(tuple(findings)).blocked:
         raise MigrationBlocked(label, findings)
@@ -261,6 +251,7 @@ def prepare(
         stop_at=job.stop_at,
         close_sessions=close,
         replace=s.replace and not mine,
+        target_platform=view.platform.value if view.platform else None,
     )
     if not mine:
         work.forget()
@@ -315,13 +306,34 @@ def _place_files(
     return moves
 
 
-def _probe_reads(target: Target, probes: Sequence[list[Device]], s: Settings) -> list[Finding]:
-    failures = {}
-    for devices in probes:
-        why = target.readable(devices, s.media_password)
+def _map_steps(
+    source: acc.Source, steps: Sequence[ChainStep], view: dv.TargetView, s: Settings
+) -> dict[str, list[dv.Mapped]]:
+    """Every step's devices. The blob types of the full, the differential and the first log are asked of
+    the store; later logs are taken to be of the first log's type (each is asked again when applied)."""
+    maps = s.path_map
+    out: dict[str, list[dv.Mapped]] = {}
+    first_log: str | None = None
+    for st in steps:
+        keys = list(st.backup.files)
+        stand_in = None
+        if st.kind is StepKind.LOG:
+            first_log = first_log or keys[0]
+            stand_in = first_log if keys[0] != first_log else None
+        out[guid(st)] = acc.step_devices(source, keys, view, maps, stand_in)
+    return out
+
+
+def _probe_reads(target: Target, probes: Sequence[list[dv.Mapped]], s: Settings) -> list[Finding]:
+    """RESTORE LABELONLY of each backup, with the restore's own CREDENTIAL and MEDIAPASSWORD."""
+    out = []
+    for mapped in probes:
+        devices = acc.devices(mapped)
+        why = target.readable(devices, s.media_password, acc.credential_name(mapped))
         if why is not None:
-            failures[devices[0].path] = why
-    return pf.unreadable(failures, target.name)
+            cred = next((m.credential for m in mapped if m.credential is not None), None)
+            out.append(acc.unreadable_finding(devices[0].path, why, target.name, cred))
+    return out
 
 
 def guid(step: ChainStep) -> str:
@@ -375,10 +387,12 @@ def _render(
     options: RestoreOptions,
     replace: bool,
     findings: list[Finding],
+    mapped: dict[str, list[dv.Mapped]],
 ) -> list[str]:
     out = []
     for st in steps:
-        opts = RestoreOptions(**{**options.__dict__, "replace": replace})
+        credential = acc.credential_name(mapped[guid(st)])
+        opts = RestoreOptions(**{**options.__dict__, "replace": replace, "credential": credential})
         if st.kind is not StepKind.LOG:
             opts = RestoreOptions(**{**opts.__dict__, "recovery": Recovery.NORECOVERY, "standby_file": None})
         try:

@@ -14,34 +14,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ferry.core.errors import UsageError
 from ferry.engines.base import MigrationJob, Prepared
+from ferry.engines.sqlserver.devices import PathMap
 
 SAS_ENV = "FERRY_MSSQL_SAS"
 MEDIA_PASSWORD_ENV = "FERRY_MSSQL_MEDIA_PASSWORD"
 
 
 def parse_mapping(value: str | Sequence[str]) -> tuple[str, str]:
-    """`LOCAL=TARGET` (or a [local, target] pair): how the target server sees the store's files."""
-    if isinstance(value, str):
-        local, sep, target = value.partition("=")
-    elif len(value) == 2:
-        local, sep, target = str(value[0]), "=", str(value[1])
-    else:
-        local, sep, target = "", "", ""
-    if not sep or not local or not target:
-        raise UsageError(
-            f"backup path mapping {value!r} is not LOCAL=TARGET",
-            r"e.g. --backup-path-as /backups=\\fileserver\backups",
-        )
-    return local, target
+    """`LOCAL=TARGET` (or a [local, target] pair): how the target server sees the store's files. LOCAL may be
+    any store location (a path, az://..., a blob URL, smb://..., s3://...)."""
+    m = PathMap.parse(value)
+    return m.local_text, m.target
 
 
 @dataclass(frozen=True)
 class Settings:
     data_dir: str | None = None
     log_dir: str | None = None
-    path_map: tuple[tuple[str, str], ...] = ()
+    path_map: tuple[PathMap, ...] = ()
     replace: bool = False
     yes: bool = False
     force: bool = False
@@ -52,7 +43,6 @@ class Settings:
     buffer_count: int | None = None
     max_transfer_size: int | None = None
     credential: str | None = None  # SQL Server 2012/2014: the storage key credential for URL devices
-    blob_types: Mapping[str, str] | None = None  # device URL -> BlockBlob/PageBlob (the stores' check)
     wait_single_user: bool = True
     login_timeout: int = 15
     options: Mapping[str, Any] = field(default_factory=dict)  # all of them, for the work folder etc.
@@ -67,7 +57,7 @@ class Settings:
         return Settings(
             data_dir=o.get("data_dir") or None,
             log_dir=o.get("log_dir") or o.get("data_dir") or None,
-            path_map=tuple(parse_mapping(m) for m in maps),
+            path_map=tuple(PathMap.parse(m) for m in maps),
             replace=bool(o.get("replace")),
             yes=bool(o.get("yes")),
             force=bool(o.get("force")),
@@ -78,7 +68,6 @@ class Settings:
             buffer_count=o.get("buffer_count"),
             max_transfer_size=o.get("max_transfer_size"),
             credential=o.get("credential"),
-            blob_types=o.get("blob_types"),
             wait_single_user=bool(o.get("wait_single_user", True)),
             login_timeout=int(o.get("login_timeout", 15)),
             options=o,
@@ -90,7 +79,10 @@ class Settings:
 
     @property
     def media_password(self) -> str | None:
-        return self.options.get("media_password") or os.environ.get(MEDIA_PASSWORD_ENV) or None
+        """The media password: the option, else the variable named by `media_password_env`
+        (--media-password-env), else FERRY_MSSQL_MEDIA_PASSWORD. Never taken from a command line."""
+        env = str(self.options.get("media_password_env") or MEDIA_PASSWORD_ENV)
+        return self.options.get("media_password") or os.environ.get(env) or None
 
 
 @dataclass(frozen=True)
@@ -125,6 +117,7 @@ class SqlState:
     stop_at: str | None = None
     close_sessions: bool = False
     replace: bool = False  # the full backup's statement says REPLACE
+    target_platform: str | None = None  # Windows, Linux; None when the target did not say
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)

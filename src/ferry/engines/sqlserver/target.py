@@ -16,13 +16,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ferry.core.errors import FerryError
+from ferry.core.redact import redact_text
 from ferry.engines.sqlserver import facts as f
 from ferry.engines.sqlserver.connection import Connection, ServerMessage, SqlError
+from ferry.engines.sqlserver.devices import Credential
 from ferry.engines.sqlserver.facts import Position, Probe, TargetFacts
 from ferry.engines.sqlserver.tsql import Device, quote_ident, quote_literal, recover_statement
 
 _PERCENT = re.compile(r"^(\d{1,3}) percent processed")
 PROBE_ROUNDS = 8  # xp_fileexist rounds while relocated names are tried: each round probes every new name
+
+
+class CredentialRefused(FerryError):
+    """The target refused to create or alter a credential: its rights decide, not time."""
+
+    retryable = False
 
 
 class Target:
@@ -56,32 +64,54 @@ class Target:
     def position(self, database: str) -> Position:
         return f.parse_position(self.conn.execute(f.position_batch(database), f"reading [{database}]"))
 
-    def readable(self, devices: Sequence[Device], media_password: str | None = None) -> str | None:
-        """None if the target reads these backup files (RESTORE LABELONLY over all stripes), else its
-        words for why not."""
+    def device_facts(self, major: int) -> f.DeviceFacts:
+        """The platform and the credential rights, each asked on its own: a build without
+        sys.dm_os_host_info (2016 and older) or a login that may not ask loses only that fact."""
+        try:
+            platform = f.parse_platform(
+                self.conn.execute(f.HOST_PLATFORM, "reading the host platform"), major
+            )
+        except SqlError:
+            platform = "Windows" if 0 < major < 14 else None
+        try:
+            rights = f.parse_credential_rights(self.conn.execute(f.CREDENTIAL_RIGHTS, "reading rights"))
+        except SqlError:
+            rights = False
+        return f.DeviceFacts(platform, rights)
+
+    def readable(
+        self, devices: Sequence[Device], media_password: str | None = None, credential: str | None = None
+    ) -> str | None:
+        """None if the target reads these backup files (RESTORE LABELONLY over all stripes, with the
+        restore's own CREDENTIAL and MEDIAPASSWORD), else its words for why not."""
         sql = "RESTORE LABELONLY FROM " + ", ".join(d.clause() for d in devices)
+        options = []
+        if credential is not None:
+            options.append(f"CREDENTIAL = {quote_literal(credential)}")
         if media_password is not None:
-            sql += f" WITH MEDIAPASSWORD = {quote_literal(media_password)}"
+            options.append(f"MEDIAPASSWORD = {quote_literal(media_password)}")
+        if options:
+            sql += " WITH " + ", ".join(options)
         try:
             self.conn.execute(sql, "RESTORE LABELONLY")
         except SqlError as exc:
             texts = [m.text for m in exc.messages if m.severity > 10 and "abnormally" not in m.text]
-            return " ".join(texts) or str(exc)
+            return redact_text(" ".join(texts) or str(exc))
         return None
 
     # -- changing -----------------------------------------------------------------------------------------
-    def create_sas_credential(self, name: str, token: str) -> None:
-        sql = (
-            f"CREATE CREDENTIAL {quote_ident(name)} WITH IDENTITY = N'SHARED ACCESS SIGNATURE', "
-            f"SECRET = {quote_literal(token.lstrip('?'))}"
-        )
+    def put_credential(self, credential: Credential, secret: str, *, alter: bool) -> None:
+        """CREATE (or ALTER) CREDENTIAL with its secret. A refusal is reported without the statement,
+        which holds the secret, and is not worth retrying: the login's rights do not change by themselves."""
+        verb = "ALTER" if alter else "CREATE"
         try:
-            self.conn.execute(sql, "CREATE CREDENTIAL")
+            self.conn.execute(credential.statement(secret, alter=alter), f"{verb} CREDENTIAL")
         except SqlError as exc:
-            # Its message may quote the statement, which holds the token: say what failed without it.
-            raise FerryError(
-                f"cannot create the SAS credential [{name}] on {self.name} (error {exc.number})",
-                "the login needs ALTER ANY CREDENTIAL; or create the credential yourself",
+            raise CredentialRefused(
+                f"cannot {verb.lower()} the credential [{credential.name}] on {self.name} (error "
+                f"{exc.number}); running again will not help",
+                "the login needs ALTER ANY CREDENTIAL (or sysadmin); or run on the target: "
+                f"{credential.shown}",
             ) from None
 
     def close_sessions(self, database: str) -> None:

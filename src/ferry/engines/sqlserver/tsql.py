@@ -49,13 +49,14 @@ class Recovery(StrEnum):
 
 @dataclass(frozen=True)
 class Device:
-    """One stripe file as the target server reads it: a path (`DISK =`) or an https URL (`URL =`)."""
+    """One stripe file as the target server reads it: a path (`DISK =`) or a URL (`URL =`: an Azure blob's
+    http(s) URL, or an s3:// URL on SQL Server 2022). devices.py decides which."""
 
     path: str
 
     @property
     def is_url(self) -> bool:
-        return self.path.lower().startswith(("https://", "http://"))
+        return self.path.lower().startswith(("https://", "http://", "s3://"))
 
     def clause(self) -> str:
         return f"{'URL' if self.is_url else 'DISK'} = {quote_literal(self.path)}"
