@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-path", default="/var/opt/mssql/data/")
     parser.add_argument("--log-path", default="/var/opt/mssql/data/")
     parser.add_argument("--backup-path", default="/var/opt/mssql/backup/")
-    parser.add_argument("--platform", choices=("linux", "windows"), default="linux",
-                        help="the host OS the instance reports; UNC devices are read on windows only")
-    parser.add_argument("--smb-login", default=None, help="USER:PASSWORD of the service account on SMB shares")
+    parser.add_argument(
+        "--platform",
+        choices=("linux", "windows"),
+        default="linux",
+        help="the host OS the instance reports; UNC devices are read on windows only",
+    )
+    parser.add_argument(
+        "--smb-login", default=None, help="USER:PASSWORD of the service account on SMB shares"
+    )
     parser.add_argument("--smb-server", action="append", default=[],
                         help="NAME=ADDRESS:PORT: where the UNC host NAME is served")  # fmt: skip
     parser.add_argument(

@@ -20,7 +20,10 @@ DEFAULT_LOGIN = "sa:Model-Passw0rd:sysadmin"
 LINUX_DATA = "/var/opt/mssql/data/"
 PLATFORMS = ("linux", "windows")
 # Server permissions a login may hold without sysadmin, given as role-like tokens in `--login`.
-PERMISSION_TOKENS = {"alter-any-credential": "ALTER ANY CREDENTIAL", "view-any-definition": "VIEW ANY DEFINITION"}
+PERMISSION_TOKENS = {
+    "alter-any-credential": "ALTER ANY CREDENTIAL",
+    "view-any-definition": "VIEW ANY DEFINITION",
+}
 
 
 @dataclass

@@ -20,7 +20,16 @@ from tests.mssql_model.devices import OS_EOF, DeviceError, DeviceRequest, Reader
 from tests.mssql_model.devices import FileReader as _FileReader  # the name tests read files with
 from tests.mssql_model.errors import message
 
-__all__ = ["_FileReader", "DeviceError", "DeviceRequest", "MediaLabel", "MediaReader", "Medium", "password_matches"]
+__all__ = [
+    "DeviceError",
+    "DeviceRequest",
+    "MediaLabel",
+    "MediaReader",
+    "Medium",
+    "_FileReader",
+    "password_matches",
+]
+
 
 @dataclass(frozen=True)
 class MediaLabel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -150,7 +151,9 @@ class BlobReader(_Ranged):
         return reader
 
     @classmethod
-    def with_key(cls, name: str, url: BlobUrl, credential: CredentialRow, *, page_blob_only: bool) -> BlobReader:
+    def with_key(
+        cls, name: str, url: BlobUrl, credential: CredentialRow, *, page_blob_only: bool
+    ) -> BlobReader:
         reader = cls(name, url, sas=None, key=credential)
         if reader._account_key is None:
             # A secret that is no base64 key signs nothing the service can accept.
@@ -162,7 +165,9 @@ class BlobReader(_Ranged):
         headers = {"x-ms-version": AZURE_VERSION, "x-ms-date": formatdate(usegmt=True), **extra}
         target = self._path
         if self._account_key is not None:
-            signature = shared_key_signature(self._account, self._account_key, method, self._path, {}, headers)
+            signature = shared_key_signature(
+                self._account, self._account_key, method, self._path, {}, headers
+            )
             headers["Authorization"] = f"SharedKey {self._account}:{signature}"
         elif self._sas:
             target += "?" + self._sas
@@ -232,8 +237,7 @@ class S3Reader(_Ranged):
         elif code == "NoSuchKey":
             raise cannot_open(self._key, OS_NOT_FOUND)
         else:
-            # A missing bucket is OS error 50 (https://learn.microsoft.com/sql/relational-databases/
-            # backup-restore/sql-server-backup-to-url-s3-compatible-object-storage-best-practices-and-troubleshooting).
+            # A missing bucket is OS error 50 (the S3 troubleshooting page cited in devices.py).
             raise cannot_open(self._key, OS_NOT_SUPPORTED)
 
     def _get(self, first: int, last: int) -> bytes:
@@ -269,7 +273,7 @@ class SmbReader(_Ranged):
             smbclient.register_session(server, username=user, password=password, **kw)
             self._fh = smbclient.open_file(path, mode="rb", share_access="r", **kw)
             self._size = int(self._fh.seek(0, 2))
-        except Exception as exc:  # noqa: BLE001 - every failure is one of SQL Server's OS errors
+        except Exception as exc:
             self._drop()
             raise cannot_open(name, _smb_os_error(exc)) from None
 
@@ -277,16 +281,14 @@ class SmbReader(_Ranged):
         try:
             self._fh.seek(first)
             return bytes(self._fh.read(last - first + 1))
-        except Exception:  # noqa: BLE001
+        except Exception:
             raise DeviceError(message(3203, self._key, OS_BAD_NETPATH)) from None
 
     def close(self) -> None:
         fh = getattr(self, "_fh", None)
         if fh is not None:
-            try:
+            with contextlib.suppress(Exception):  # a closed connection has nothing left to close
                 fh.close()
-            except Exception:  # noqa: BLE001, S110 - a closed connection has nothing left to close
-                pass
         self._drop()
 
     def _drop(self) -> None:
@@ -294,25 +296,29 @@ class SmbReader(_Ranged):
 
         try:
             smbclient.reset_connection_cache(fail_on_error=False, connection_cache=self._cache)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._cache.clear()
+
+
+# NTSTATUS of a failed SMB call -> the Windows error CreateFile returns for it on a UNC path.
+_NTSTATUS_OS_ERRORS = {
+    0xC0000034: OS_NOT_FOUND,  # STATUS_OBJECT_NAME_NOT_FOUND
+    0xC000003A: OS_PATH_NOT_FOUND,  # STATUS_OBJECT_PATH_NOT_FOUND
+    0xC00000CC: OS_BAD_NET_NAME,  # STATUS_BAD_NETWORK_NAME: no such share
+    0xC0000225: OS_BAD_NET_NAME,  # STATUS_NOT_FOUND: what a share lookup answers when there is none
+    0xC0000022: OS_ACCESS_DENIED,  # STATUS_ACCESS_DENIED
+    0xC00000BA: OS_ACCESS_DENIED,  # STATUS_FILE_IS_A_DIRECTORY
+    0xC000006D: OS_LOGON_FAILURE,  # STATUS_LOGON_FAILURE
+}
 
 
 def _smb_os_error(exc: BaseException) -> str:
     """Windows' error for an SMB failure: what SQL Server's CreateFile on the UNC path would return."""
     from smbprotocol import exceptions as e
 
-    text = str(exc)
-    if isinstance(exc, e.SMBAuthenticationError | e.LogonFailure) or "STATUS_LOGON_FAILURE" in text:
+    status = getattr(exc, "ntstatus", None)
+    if isinstance(status, int) and status in _NTSTATUS_OS_ERRORS:
+        return _NTSTATUS_OS_ERRORS[status]
+    if isinstance(exc, e.SMBAuthenticationError | e.LogonFailure) or "STATUS_LOGON_FAILURE" in str(exc):
         return OS_LOGON_FAILURE
-    if isinstance(exc, e.BadNetworkName) or "STATUS_BAD_NETWORK_NAME" in text:
-        return OS_BAD_NET_NAME
-    if isinstance(exc, e.AccessDenied) or "STATUS_ACCESS_DENIED" in text:
-        return OS_ACCESS_DENIED
-    if isinstance(exc, e.ObjectPathNotFound) or "STATUS_OBJECT_PATH_NOT_FOUND" in text:
-        return OS_PATH_NOT_FOUND
-    if isinstance(exc, e.ObjectNameNotFound) or "STATUS_OBJECT_NAME_NOT_FOUND" in text:
-        return OS_NOT_FOUND
-    if "STATUS_FILE_IS_A_DIRECTORY" in text:
-        return OS_ACCESS_DENIED
     return OS_BAD_NETPATH  # no connection: the server cannot be reached

@@ -398,7 +398,9 @@ def rows(
         # sys.credentials shows rows only to holders of VIEW ANY DEFINITION or ALTER ANY CREDENTIAL
         # (https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-credentials-transact-sql):
         # to anyone else the view is empty, as catalog views hide what a login may not see.
-        visible = session.has_permission("VIEW ANY DEFINITION") or session.has_permission("ALTER ANY CREDENTIAL")
+        visible = session.has_permission("VIEW ANY DEFINITION") or session.has_permission(
+            "ALTER ANY CREDENTIAL"
+        )
         for c in state.credentials if visible else ():
             out["sys_credentials"].append(
                 {
