@@ -25,6 +25,16 @@ def _free_bytes(values: list[str]) -> dict[str, int]:
     return out
 
 
+def _pairs(values: list[str], usage: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise SystemExit(f"{usage}, got {value!r}")
+        out[name] = target
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mssql_model", description=__doc__)
     parser.add_argument("--state", required=True, type=Path, help="state folder (kept across restarts)")
@@ -41,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-path", default="/var/opt/mssql/data/")
     parser.add_argument("--log-path", default="/var/opt/mssql/data/")
     parser.add_argument("--backup-path", default="/var/opt/mssql/backup/")
+    parser.add_argument(
+        "--platform",
+        choices=("linux", "windows"),
+        default="linux",
+        help="the host OS the instance reports; UNC devices are read on windows only",
+    )
+    parser.add_argument(
+        "--smb-login", default=None, help="USER:PASSWORD of the service account on SMB shares"
+    )
+    parser.add_argument("--smb-server", action="append", default=[],
+                        help="NAME=ADDRESS:PORT: where the UNC host NAME is served")  # fmt: skip
     parser.add_argument(
         "--lazy-state",
         action="store_true",
@@ -63,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.log_path,
         backup_path=args.backup_path,
         durable=not args.lazy_state,
+        platform=args.platform,
+        smb_login=args.smb_login,
+        smb_servers=_pairs(args.smb_server, "--smb-server wants NAME=ADDRESS:PORT"),
     ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -135,6 +135,11 @@ MESSAGES: dict[int, tuple[int, str]] = {
     3205: (16, "Too many backup devices specified for backup or restore; only %d are allowed."),
     3211: (10, "%d percent processed."),
     3217: (16, "Invalid value specified for %ls parameter."),
+    # Not in Microsoft's 3000-3999 table; the number and text SQL Server sends, as DBAs report them.
+    3225: (
+        16,
+        "Use of WITH CREDENTIAL syntax is not valid for credentials containing a Shared Access Signature.",
+    ),
     3227: (
         16,
         'The backup media on "%ls" is part of media family %d which has already been processed on "%ls". '

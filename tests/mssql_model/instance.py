@@ -17,6 +17,13 @@ DATABASE_VERSIONS = {9: 611, 10: 661, 11: 706, 12: 782, 13: 852, 14: 869, 15: 90
 OLDEST_RESTORABLE = {11: 611, 12: 611}
 DEFAULT_OLDEST = 655
 DEFAULT_LOGIN = "sa:Model-Passw0rd:sysadmin"
+LINUX_DATA = "/var/opt/mssql/data/"
+PLATFORMS = ("linux", "windows")
+# Server permissions a login may hold without sysadmin, given as role-like tokens in `--login`.
+PERMISSION_TOKENS = {
+    "alter-any-credential": "ALTER ANY CREDENTIAL",
+    "view-any-definition": "VIEW ANY DEFINITION",
+}
 
 
 @dataclass
@@ -42,9 +49,36 @@ class Config:
     free_bytes: dict[str, int] = field(default_factory=dict)
     default_free_bytes: int = 1 << 40
     fs_root: Path | None = None
-    data_path: str = "/var/opt/mssql/data/"
-    log_path: str = "/var/opt/mssql/data/"
+    data_path: str = LINUX_DATA
+    log_path: str = LINUX_DATA
     backup_path: str = "/var/opt/mssql/backup/"
+    # The operating system the instance runs on: what @@VERSION and sys.dm_os_host_info say, and whether
+    # UNC paths are read (Windows only). On Windows the default folders are the instance's own.
+    platform: str = "linux"
+    # The service account's SMB login ("USER:PASSWORD") for UNC devices, and where each UNC host name is
+    # served ("NAME" -> "ADDRESS:PORT"): a UNC path has no port, a test Samba has one.
+    smb_login: str | None = None
+    smb_servers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, not {self.platform!r}")
+        if self.platform == "windows":
+            folder = f"MSSQL{self.version_tuple[0]}.{self.instance or 'MSSQLSERVER'}"
+            root = f"C:\\Program Files\\Microsoft SQL Server\\{folder}\\MSSQL\\"
+            if self.data_path == LINUX_DATA:
+                self.data_path = root + "DATA\\"
+            if self.log_path == LINUX_DATA:
+                self.log_path = root + "DATA\\"
+            if self.backup_path == "/var/opt/mssql/backup/":
+                self.backup_path = root + "Backup\\"
+
+    @property
+    def smb_credentials(self) -> tuple[str, str] | None:
+        if not self.smb_login:
+            return None
+        user, _, password = self.smb_login.partition(":")
+        return user, password
 
     @property
     def version_tuple(self) -> tuple[int, int, int]:
@@ -96,6 +130,11 @@ class Session:
     def has_role(self, *roles: str) -> bool:
         mine = {r.lower() for r in self.login.roles}
         return "sysadmin" in mine or any(r.lower() in mine for r in roles)
+
+    def has_permission(self, permission: str) -> bool:
+        """A server permission: sysadmin holds them all, others the ones their tokens grant."""
+        mine = {PERMISSION_TOKENS.get(r.lower()) for r in self.login.roles}
+        return self.has_role() or permission.upper() in mine
 
 
 class Instance:

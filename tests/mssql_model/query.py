@@ -47,14 +47,22 @@ _TYPE_NAMES = {
 
 
 def version_banner(instance: Instance) -> str:
+    """@@VERSION names the host: "... on Windows Server 2019 Datacenter 10.0 <X64> (Build 17763: )" or
+    "... on Linux (Ubuntu 22.04.4 LTS) <X64>"
+    (https://learn.microsoft.com/sql/t-sql/functions/version-transact-sql-configuration-functions)."""
     config = instance.config
     year = {10: "2008 R2", 11: "2012", 12: "2014", 13: "2016", 14: "2017", 15: "2019", 16: "2022"}.get(
         config.version_tuple[0], ""
     )
+    host = (
+        "Windows Server 2019 Datacenter 10.0 <X64> (Build 17763: ) (Hypervisor)"
+        if config.platform == "windows"
+        else "Linux (Ubuntu 22.04.4 LTS) <X64>"
+    )
     return (
         f"Microsoft SQL Server {year} (RTM) - {config.version} (X64) \n"
         "\tCopyright (C) Microsoft Corporation\n"
-        f"\t{config.edition} on Linux (SQL Server restore model of Ferry's tests, not a SQL Server)"
+        f"\t{config.edition} on {host} (SQL Server restore model of Ferry's tests, not a SQL Server)"
     )
 
 
@@ -129,7 +137,7 @@ def _functions(instance: Instance, session: Session) -> dict[str, tuple[int, Cal
             return 1
         if perm in ("CREATE ANY DATABASE", "CREATE DATABASE"):
             return 1 if session.has_role("dbcreator") else 0
-        return 0
+        return 1 if session.has_permission(perm) else 0
 
     def dbprop(name: str, prop: str) -> object:
         db = _database(instance, name)
@@ -260,6 +268,8 @@ def _rewrite(tree: exp.Expression, instance: Instance, session: Session) -> dict
         if not table.name:
             continue
         mapped = _table_name(table)
+        if mapped == "sys_dm_os_host_info" and instance.config.version_tuple[0] < 14:
+            mapped = None  # new in SQL Server 2017
         if mapped is None:
             raise fail(208, ".".join(p for p in (table.catalog, table.db, table.name) if p))
         alias = table.alias or table.name

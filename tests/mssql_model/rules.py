@@ -21,7 +21,7 @@ from ferry.engines.sqlserver.headers import BackupSet, BackupType, DatabaseFile
 from tests.mssql_model.catalog import Database, OutsideRoot, is_windows_path
 from tests.mssql_model.errors import Message, SqlError, message, terminating
 from tests.mssql_model.instance import Instance, Session
-from tests.mssql_model.media import DeviceError, Medium, password_matches
+from tests.mssql_model.media import DeviceError, DeviceRequest, Medium, password_matches
 from tests.mssql_model.parser import Restore
 
 RECOVERY_OPTIONS = ("RECOVERY", "NORECOVERY", "STANDBY")
@@ -158,11 +158,10 @@ def check_options(stmt: Restore) -> list[Message]:
     names = [o.name for o in stmt.options]
     allowed = _ALLOWED.get(stmt.kind, _COMMON)
     unsupported = [n for n in names if n not in allowed]
-    if (
-        stmt.kind in ("DATABASE", "LOG")
-        and stmt.opt("CREDENTIAL")
-        and not any(d.kind == "URL" for d in stmt.devices)
-    ):
+    # CREDENTIAL goes only with URL devices, for RESTORE and its HEADERONLY/FILELISTONLY/LABELONLY/
+    # VERIFYONLY forms alike (https://learn.microsoft.com/sql/relational-databases/backup-restore/
+    # sql-server-backup-to-url, "Support for Backup/Restore Statements").
+    if stmt.opt("CREDENTIAL") and stmt.devices and not any(d.kind == "URL" for d in stmt.devices):
         unsupported.append("CREDENTIAL")
     if unsupported:
         return [message(3032, ", ".join(n.lower() for n in unsupported))]
@@ -224,14 +223,30 @@ def open_media(instance: Instance, stmt: Restore, label: str) -> list[Medium]:
         device = next(d for d in stmt.devices if d.kind == "LOGICAL")
         raise terminating(label, message(3206, device.name))
     media = []
-    with instance.lock:
-        credentials = list(instance.state.credentials)
+    request = device_request(instance, stmt)
     for device in stmt.devices:
         try:
-            media.append(instance.media.open(device.kind, device.name, credentials))
+            media.append(instance.media.open(device.kind, device.name, request))
         except DeviceError as exc:
             raise terminating(label, *exc.messages) from None
     return media
+
+
+def device_request(instance: Instance, stmt: Restore) -> DeviceRequest:
+    """What opening this statement's devices depends on: the instance and the statement's options."""
+    config = instance.config
+    with instance.lock:
+        credentials = tuple(instance.state.credentials)
+    option = stmt.opt("CREDENTIAL")
+    return DeviceRequest(
+        version=config.version_tuple,
+        platform=config.platform,
+        credentials=credentials,
+        with_credential=None if option is None else str(option.value),
+        url_devices=sum(1 for d in stmt.devices if d.kind == "URL"),
+        smb_login=config.smb_credentials,
+        smb_servers={k.lower(): v for k, v in config.smb_servers.items()},
+    )
 
 
 def check_password(stmt: Restore, medium: Medium, label: str) -> None:

@@ -162,7 +162,9 @@ class Connection:
 
     def credential(self, stmt: Credential) -> None:
         instance, session = self.instance, self.session
-        if not session.has_role():
+        # CREATE, ALTER and DROP CREDENTIAL need ALTER ANY CREDENTIAL (sysadmin holds it); without it,
+        # 15247 (https://learn.microsoft.com/sql/t-sql/statements/create-credential-transact-sql).
+        if not session.has_permission("ALTER ANY CREDENTIAL"):
             raise fail(15247)
         with instance.lock:
             state = instance.state

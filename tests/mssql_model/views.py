@@ -136,6 +136,16 @@ SCHEMA: Schema = {
         ("target_type", NVARCHAR),
         ("target_id", INT),
     ],
+    # https://learn.microsoft.com/sql/relational-databases/system-dynamic-management-views/sys-dm-os-host-info-transact-sql
+    # (SQL Server 2017 and later): host_platform is Windows or Linux.
+    "sys_dm_os_host_info": [
+        ("host_platform", NVARCHAR),
+        ("host_distribution", NVARCHAR),
+        ("host_release", NVARCHAR),
+        ("host_service_pack_level", NVARCHAR),
+        ("host_sku", INT),
+        ("os_language_version", INT),
+    ],
     "sys_server_principals": [
         ("name", NVARCHAR),
         ("principal_id", INT),
@@ -297,6 +307,28 @@ def _file_row(instance: Instance, db: Database, f: Any) -> dict[str, Any]:
     }
 
 
+def host_info(platform: str) -> dict[str, Any]:
+    """sys.dm_os_host_info's row: on Linux host_release and host_service_pack_level are empty strings and
+    host_sku is NULL (the page above); the distribution and releases are those of a typical host."""
+    if platform == "windows":
+        return {
+            "host_platform": "Windows",
+            "host_distribution": "Windows Server 2019 Datacenter",
+            "host_release": "10.0",
+            "host_service_pack_level": "",
+            "host_sku": 8,
+            "os_language_version": 1033,
+        }
+    return {
+        "host_platform": "Linux",
+        "host_distribution": "Ubuntu",
+        "host_release": "",
+        "host_service_pack_level": "",
+        "host_sku": None,
+        "os_language_version": 1033,
+    }
+
+
 def rows(
     instance: Instance, session: Session, tables: Collection[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -363,7 +395,13 @@ def rows(
     with instance.lock:
         sessions = list(instance.sessions.values())
         state = instance.state
-        for c in state.credentials:
+        # sys.credentials shows rows only to holders of VIEW ANY DEFINITION or ALTER ANY CREDENTIAL
+        # (https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-credentials-transact-sql):
+        # to anyone else the view is empty, as catalog views hide what a login may not see.
+        visible = session.has_permission("VIEW ANY DEFINITION") or session.has_permission(
+            "ALTER ANY CREDENTIAL"
+        )
+        for c in state.credentials if visible else ():
             out["sys_credentials"].append(
                 {
                     "credential_id": c.credential_id,
@@ -375,6 +413,7 @@ def rows(
                     "target_id": None,
                 }
             )
+        out["sys_dm_os_host_info"].append(host_info(instance.config.platform))
         for number, login in enumerate(state.logins.values(), start=256):
             out["sys_server_principals"].append(
                 {

@@ -74,6 +74,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Length", str(self.blob.stat().st_size))
+        self.send_header("x-ms-blob-type", "BlockBlob")
         self.end_headers()
 
     def do_GET(self) -> None:
