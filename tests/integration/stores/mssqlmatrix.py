@@ -127,7 +127,9 @@ def _azure(kind: str, files: list[Path], azurite: Any) -> Source:
     from azure.storage.blob import BlobServiceClient, BlobType
 
     sas_url, container = new_container(azurite)
-    svc = BlobServiceClient(azurite.endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+    svc = BlobServiceClient(
+        azurite.endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+    )
     blob_type = BlobType.PAGEBLOB if kind == "az-page" else BlobType.BLOCKBLOB
     for f in files:  # corpus backups are whole 512-byte sectors, as page blobs must be
         svc.get_blob_client(container, f"rtc/{f.name}").upload_blob(f.read_bytes(), blob_type=blob_type)

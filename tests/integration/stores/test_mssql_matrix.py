@@ -76,7 +76,9 @@ def _wait(what: Callable[[], bool], proc: subprocess.Popen[str], log: Path, why:
 
 @pytest.mark.parametrize("target", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("kind", SOURCES)
-def test_migrate_and_cutover(kind: str, target: Version, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_migrate_and_cutover(
+    kind: str, target: Version, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     servers = Servers(request)
     store = tmp_path / "store"
     store.mkdir()
@@ -84,7 +86,9 @@ def test_migrate_and_cutover(kind: str, target: Version, tmp_path: Path, request
     state = tmp_path / "state"
     model = start_model(state, **model_options(kind, target, servers.samba.port if kind == "smb" else None))
     link_store(state, store, target)
-    env = environment({**os.environ, "FERRY_MSSQL_PASSWORD": PASSWORDS["sa"], "FERRY_HOME": str(tmp_path)}, source)
+    env = environment(
+        {**os.environ, "FERRY_MSSQL_PASSWORD": PASSWORDS["sa"], "FERRY_HOME": str(tmp_path)}, source
+    )
     url = f"mssql://sa@127.0.0.1:{model.port}"
     maps = [a for m in source.maps for a in ("--backup-path-as", m)]
     log = tmp_path / "migrate.log"
@@ -100,8 +104,9 @@ def test_migrate_and_cutover(kind: str, target: Version, tmp_path: Path, request
             assert counts.database(DB) is None and not counts.restore_counts(DB), "refused, yet restored"
         else:
             _wait(lambda: "ReadyForCutover" in log.read_text(), proc, log, "ready for cutover")
+            asked = ["cutover", url, "--database", DB, "--last-backup", LAST_BACKUP]
             cut = subprocess.run(
-                [sys.executable, "-m", "ferry", "cutover", url, "--database", DB, "--last-backup", LAST_BACKUP],
+                [sys.executable, "-m", "ferry", *asked],
                 capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
             )  # fmt: skip
             said.append(cut.stdout + cut.stderr)
