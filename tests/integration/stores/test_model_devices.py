@@ -226,6 +226,9 @@ def test_s3_urls_on_sql_server_2022(models: Models, moto: Moto, corpus_file: Pat
     run(cur, f"RESTORE DATABASE [FromS3] FROM URL = N'{url}' WITH {RTC_MOVE}")
     assert run(cur, "SELECT state_desc FROM sys.databases WHERE name = N'FromS3'") == [("ONLINE",)]
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{base}/sql/rtc/missing.bak'") == 2
+    virtual = f"s3://{bucket}.localhost:{moto.port}"  # virtual host style: the bucket in the host name
+    s3_credential(cur, virtual)
+    assert run(cur, f"RESTORE LABELONLY FROM URL = N'{virtual}/sql/rtc/RestoreTimeClean.bak'")[0][2] == 1
     other = f"s3://127.0.0.1:{moto.port}/nobucket{uuid.uuid4().hex[:8]}"
     s3_credential(cur, other)
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{other}/x.bak'") == 50  # no such bucket
