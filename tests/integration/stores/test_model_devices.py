@@ -275,8 +275,10 @@ def test_the_platform_shows_in_version_and_host_info(models: Models) -> None:
     assert run(windows, "SELECT SERVERPROPERTY('InstanceDefaultDataPath')")[0][0].startswith(
         "C:\\Program Files"
     )
+    assert run(windows, "SELECT SERVERPROPERTY('PathSeparator')") == [("\\",)]
     linux = cursor(models())
     assert " on Linux " in run(linux, "SELECT @@VERSION")[0][0]
+    assert run(linux, "SELECT SERVERPROPERTY('PathSeparator')") == [("/",)]
     assert run(linux, "SELECT host_platform, host_release, host_sku FROM sys.dm_os_host_info") == [
         ("Linux", "", None)
     ]
