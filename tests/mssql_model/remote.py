@@ -133,7 +133,10 @@ class BlobReader(_Ranged):
         parts = urllib.parse.urlsplit(name)
         self._host, self._port = parts.hostname or "", parts.port or 80
         self._path = urllib.parse.quote(urllib.parse.unquote(parts.path), safe="/")
-        self._sas = (sas or "").lstrip("?")
+        # Sent as stored: a secret with the leading "?" of a SAS URL is a wrong secret, as on SQL Server
+        # ("The SHARED ACCESS SIGNATURE secret should not have the leading ?",
+        # https://learn.microsoft.com/sql/t-sql/statements/create-credential-transact-sql, example D).
+        self._sas = sas or ""
         self._account_key: bytes | None = None
         self._account = ""
         if key is not None:
