@@ -52,6 +52,11 @@ OS_LOGON_FAILURE = "1326(The user name or password is incorrect.)"
 OS_NO_CONNECTION = "12029(A connection with the server could not be established)"
 
 SAS_IDENTITY = "SHARED ACCESS SIGNATURE"
+# FROM URL came with SQL Server 2012 SP1 CU2, build 11.0.3339 ("SQL Server 2012 Service Pack 1 CU2 and
+# SQL Server 2014 introduced backup to URL",
+# https://learn.microsoft.com/sql/relational-databases/backup-restore/sql-server-backup-to-url): before
+# it URL is no device type, and the statement does not parse (102).
+URL_DEVICES_SINCE = (11, 0, 3339)
 S3_IDENTITY = "S3 ACCESS KEY"
 
 

@@ -196,6 +196,15 @@ def test_sql_server_2014_reads_one_page_blob_through_a_key_credential(
     assert number == 3205 and "only 1 are allowed" in text
 
 
+def test_no_url_devices_before_sql_server_2012_sp1_cu2(models: Models) -> None:
+    for version in ("10.50.6000.34", "11.0.3000.0"):
+        cur = cursor(models(version=version, platform="windows"))
+        number, text = failure(cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'")
+        assert number == 102 and "'URL'" in text
+    cur = cursor(models(version="11.0.3339.0", platform="windows"))  # SP1 CU2: a URL device, no credential
+    assert os_error(cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'") == 50
+
+
 # -- S3-compatible object storage --------------------------------------------------------------------------
 def put_object(moto: Moto, bucket: str, key: str, data: bytes) -> None:
     import boto3
