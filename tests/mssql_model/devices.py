@@ -50,6 +50,9 @@ OS_BAD_NET_NAME = "67(The network name cannot be found.)"
 OS_BAD_PASSWORD = "86(The specified network password is not correct.)"
 OS_LOGON_FAILURE = "1326(The user name or password is incorrect.)"
 OS_NO_CONNECTION = "12029(A connection with the server could not be established)"
+# WinHTTP's ERROR_WINHTTP_SECURE_FAILURE, as SQL Server reports a certificate it cannot validate
+# (https://learn.microsoft.com/sql/relational-databases/backup-restore/sql-server-backup-to-url-s3-compatible-object-storage-best-practices-and-troubleshooting).
+OS_SECURE_FAILURE = "12175(failed to retrieve text for this error. Reason: 15105)"
 
 SAS_IDENTITY = "SHARED ACCESS SIGNATURE"
 # FROM URL came with SQL Server 2012 SP1 CU2, build 11.0.3339 ("SQL Server 2012 Service Pack 1 CU2 and
