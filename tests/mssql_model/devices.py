@@ -23,8 +23,8 @@ The rules, with the pages they come from (also in the README's rules list):
 - UNC paths: read from the SMB server as the service account, on Windows only (SMB storage is a
   Windows-only feature: https://learn.microsoft.com/sql/database-engine/install-windows/install-sql-server-with-smb-fileshare-as-a-storage-option).
 
-The model only ever talks to this machine: plain http and SMB to loopback addresses (emulators: Azurite,
-moto, Samba). Real SQL Server reads blobs over https only.
+The model only ever talks to this machine: http, https and SMB to loopback addresses (emulators: Azurite,
+moto, Samba); `s3://` over plain http, where SQL Server always uses https.
 """
 
 from __future__ import annotations
