@@ -202,7 +202,9 @@ def test_sql_server_2014_reads_one_page_blob_through_a_key_credential(
 def test_no_url_devices_before_sql_server_2012_sp1_cu2(models: Models) -> None:
     for version in ("10.50.6000.34", "11.0.3000.0"):
         cur = cursor(models(version=version, platform="windows"))
-        number, text = failure(cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'")
+        number, text = failure(
+            cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'"
+        )
         assert number == 102 and "'URL'" in text
     cur = cursor(models(version="11.0.3339.0", platform="windows"))  # SP1 CU2: a URL device, no credential
     assert os_error(cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'") == 50
