@@ -174,6 +174,9 @@ class _Blobs(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if path else 403)
         if path:
             self.send_header("Content-Length", str(path.stat().st_size))
+            # The Blob service names the blob type on every HEAD, and the model reads block blobs only
+            # through a SAS (https://learn.microsoft.com/rest/api/storageservices/get-blob-properties).
+            self.send_header("x-ms-blob-type", "BlockBlob")
         self.end_headers()
 
     def do_GET(self) -> None:

@@ -23,8 +23,8 @@ The rules, with the pages they come from (also in the README's rules list):
 - UNC paths: read from the SMB server as the service account, on Windows only (SMB storage is a
   Windows-only feature: https://learn.microsoft.com/sql/database-engine/install-windows/install-sql-server-with-smb-fileshare-as-a-storage-option).
 
-The model only ever talks to this machine: plain http and SMB to loopback addresses (emulators: Azurite,
-moto, Samba). Real SQL Server reads blobs over https only.
+The model only ever talks to this machine: http, https and SMB to loopback addresses (emulators: Azurite,
+moto, Samba); `s3://` over plain http, where SQL Server always uses https.
 """
 
 from __future__ import annotations
@@ -50,8 +50,16 @@ OS_BAD_NET_NAME = "67(The network name cannot be found.)"
 OS_BAD_PASSWORD = "86(The specified network password is not correct.)"
 OS_LOGON_FAILURE = "1326(The user name or password is incorrect.)"
 OS_NO_CONNECTION = "12029(A connection with the server could not be established)"
+# WinHTTP's ERROR_WINHTTP_SECURE_FAILURE, as SQL Server reports a certificate it cannot validate
+# (https://learn.microsoft.com/sql/relational-databases/backup-restore/sql-server-backup-to-url-s3-compatible-object-storage-best-practices-and-troubleshooting).
+OS_SECURE_FAILURE = "12175(failed to retrieve text for this error. Reason: 15105)"
 
 SAS_IDENTITY = "SHARED ACCESS SIGNATURE"
+# FROM URL came with SQL Server 2012 SP1 CU2, build 11.0.3339 ("SQL Server 2012 Service Pack 1 CU2 and
+# SQL Server 2014 introduced backup to URL",
+# https://learn.microsoft.com/sql/relational-databases/backup-restore/sql-server-backup-to-url): before
+# it URL is no device type, and the statement does not parse (102).
+URL_DEVICES_SINCE = (11, 0, 3339)
 S3_IDENTITY = "S3 ACCESS KEY"
 
 

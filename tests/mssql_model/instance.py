@@ -64,7 +64,9 @@ class Config:
         if self.platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}, not {self.platform!r}")
         if self.platform == "windows":
-            folder = f"MSSQL{self.version_tuple[0]}.{self.instance or 'MSSQLSERVER'}"
+            major, minor, _ = self.version_tuple
+            number = f"{major}_50" if (major, minor) == (10, 50) else str(major)  # 2008 R2: MSSQL10_50
+            folder = f"MSSQL{number}.{self.instance or 'MSSQLSERVER'}"
             root = f"C:\\Program Files\\Microsoft SQL Server\\{folder}\\MSSQL\\"
             if self.data_path == LINUX_DATA:
                 self.data_path = root + "DATA\\"

@@ -83,6 +83,9 @@ def server_property(instance: Instance, name: str | None) -> object:
         "instancedefaultdatapath": config.data_path,
         "instancedefaultlogpath": config.log_path,
         "instancedefaultbackuppath": config.backup_path if major >= 15 else None,
+        # 2017 and later: a backslash on Windows, a slash on Linux
+        # (https://learn.microsoft.com/sql/t-sql/functions/serverproperty-transact-sql).
+        "pathseparator": ("\\" if config.platform == "windows" else "/") if major >= 14 else None,
         "collation": "SQL_Latin1_General_CP1_CI_AS",
         "isclustered": 0,
         "ishadrenabled": 0,

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import http.client
+import ssl
 import urllib.parse
 from email.utils import formatdate
 from typing import Any
@@ -27,6 +28,7 @@ from tests.mssql_model.devices import (
     OS_NOT_FOUND,
     OS_NOT_SUPPORTED,
     OS_PATH_NOT_FOUND,
+    OS_SECURE_FAILURE,
     BlobUrl,
     DeviceError,
     S3Url,
@@ -39,14 +41,29 @@ TIMEOUT = 30
 
 
 def _request(
-    name: str, host: str, port: int, method: str, target: str, headers: dict[str, str]
+    name: str,
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    *,
+    tls: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+    """One request. Over https the certificate is validated against the system's trust store, as
+    SQL Server's WinHTTP does: one it cannot validate is 12175."""
+    conn: http.client.HTTPConnection
+    if tls:
+        conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
     try:
         conn.request(method, target, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    except ssl.SSLError:
+        raise cannot_open(name, OS_SECURE_FAILURE) from None
     except OSError:
         raise cannot_open(name, OS_NO_CONNECTION) from None
     finally:
@@ -131,9 +148,13 @@ class BlobReader(_Ranged):
     def __init__(self, name: str, url: BlobUrl, *, sas: str | None, key: CredentialRow | None) -> None:
         self._key, self._url, self._read = name, url, 0
         parts = urllib.parse.urlsplit(name)
-        self._host, self._port = parts.hostname or "", parts.port or 80
+        self._tls = parts.scheme.lower() == "https"
+        self._host, self._port = parts.hostname or "", parts.port or (443 if self._tls else 80)
         self._path = urllib.parse.quote(urllib.parse.unquote(parts.path), safe="/")
-        self._sas = (sas or "").lstrip("?")
+        # Sent as stored: a secret with the leading "?" of a SAS URL is a wrong secret, as on SQL Server
+        # ("The SHARED ACCESS SIGNATURE secret should not have the leading ?",
+        # https://learn.microsoft.com/sql/t-sql/statements/create-credential-transact-sql, example D).
+        self._sas = sas or ""
         self._account_key: bytes | None = None
         self._account = ""
         if key is not None:
@@ -171,7 +192,7 @@ class BlobReader(_Ranged):
             headers["Authorization"] = f"SharedKey {self._account}:{signature}"
         elif self._sas:
             target += "?" + self._sas
-        return _request(self._key, self._host, self._port, method, target, headers)
+        return _request(self._key, self._host, self._port, method, target, headers, tls=self._tls)
 
     def _open(self, want: str | None, refused: str) -> None:
         status, headers, _ = self._call("HEAD", {})

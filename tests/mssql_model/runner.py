@@ -17,7 +17,8 @@ from typing import Protocol
 from ferry.engines.sqlserver.headers import BackupSet
 from tests.mssql_model import rules
 from tests.mssql_model.catalog import Database, DbFile, OutsideRoot, now_text
-from tests.mssql_model.errors import Message, message, terminating
+from tests.mssql_model.devices import URL_DEVICES_SINCE
+from tests.mssql_model.errors import Message, fail, message, terminating
 from tests.mssql_model.instance import Instance, Session
 from tests.mssql_model.parser import Restore
 from tests.mssql_model.tokens import (
@@ -151,6 +152,8 @@ def _naive(value: object) -> object:
 
 
 def run(reply: Reply, instance: Instance, session: Session, stmt: Restore) -> None:
+    if any(d.kind == "URL" for d in stmt.devices) and instance.config.version_tuple < URL_DEVICES_SINCE:
+        raise fail(102, "URL")
     if stmt.kind in ("HEADERONLY", "FILELISTONLY", "LABELONLY", "VERIFYONLY"):
         _auxiliary(reply, instance, session, stmt)
         return

@@ -127,7 +127,10 @@ def test_block_blobs_through_the_sas_credential_named_after_the_container(
     sas_credential(cur, base.upper().replace("HTTP://", "http://"), container_sas(container, "w"))
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{url}'") == 5  # the service refuses the SAS
     run(cur, f"DROP CREDENTIAL [{base.upper().replace('HTTP://', 'http://')}]")
-    sas_credential(cur, base, "?" + container_sas(container, "rl"))  # a leading ? is tolerated here
+    sas_credential(cur, base, "?" + container_sas(container, "rl"))  # the leading ? of a SAS URL: wrong
+    assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{url}'") == 5
+    run(cur, f"DROP CREDENTIAL [{base}]")
+    sas_credential(cur, base, container_sas(container, "rl"))
     assert run(cur, f"RESTORE HEADERONLY FROM URL = N'{url}'")[0][9] == "RestoreTimeClean"
     assert [r[0] for r in run(cur, f"RESTORE FILELISTONLY FROM URL = N'{url}'")] == [
         "RestoreTimeClean", "RestoreTimeClean_log",
@@ -140,6 +143,9 @@ def test_block_blobs_through_the_sas_credential_named_after_the_container(
     assert run(cur, "SELECT state_desc FROM sys.databases WHERE name = N'FromBlob'") == [("ONLINE",)]
     missing = f"{base}/rtc/missing.bak"
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{missing}'") == 2
+    tls = base.replace("http://", "https://")  # Azurite speaks no TLS: the handshake fails
+    sas_credential(cur, tls, container_sas(container, "rl"))
+    assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{tls}/rtc/RestoreTimeClean.bak'") == 12175
     number, text = failure(cur, "RESTORE HEADERONLY FROM DISK = N'/x.bak' WITH CREDENTIAL = 'k'")
     assert number == 3032, text
 
@@ -193,6 +199,17 @@ def test_sql_server_2014_reads_one_page_blob_through_a_key_credential(
     assert number == 3205 and "only 1 are allowed" in text
 
 
+def test_no_url_devices_before_sql_server_2012_sp1_cu2(models: Models) -> None:
+    for version in ("10.50.6000.34", "11.0.3000.0"):
+        cur = cursor(models(version=version, platform="windows"))
+        number, text = failure(
+            cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'"
+        )
+        assert number == 102 and "'URL'" in text
+    cur = cursor(models(version="11.0.3339.0", platform="windows"))  # SP1 CU2: a URL device, no credential
+    assert os_error(cur, "RESTORE HEADERONLY FROM URL = N'https://a.blob.core.windows.net/c/x.bak'") == 50
+
+
 # -- S3-compatible object storage --------------------------------------------------------------------------
 def put_object(moto: Moto, bucket: str, key: str, data: bytes) -> None:
     import boto3
@@ -226,6 +243,9 @@ def test_s3_urls_on_sql_server_2022(models: Models, moto: Moto, corpus_file: Pat
     run(cur, f"RESTORE DATABASE [FromS3] FROM URL = N'{url}' WITH {RTC_MOVE}")
     assert run(cur, "SELECT state_desc FROM sys.databases WHERE name = N'FromS3'") == [("ONLINE",)]
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{base}/sql/rtc/missing.bak'") == 2
+    virtual = f"s3://{bucket}.localhost:{moto.port}"  # virtual host style: the bucket in the host name
+    s3_credential(cur, virtual)
+    assert run(cur, f"RESTORE LABELONLY FROM URL = N'{virtual}/sql/rtc/RestoreTimeClean.bak'")[0][2] == 1
     other = f"s3://127.0.0.1:{moto.port}/nobucket{uuid.uuid4().hex[:8]}"
     s3_credential(cur, other)
     assert os_error(cur, f"RESTORE HEADERONLY FROM URL = N'{other}/x.bak'") == 50  # no such bucket
@@ -272,8 +292,10 @@ def test_the_platform_shows_in_version_and_host_info(models: Models) -> None:
     assert run(windows, "SELECT SERVERPROPERTY('InstanceDefaultDataPath')")[0][0].startswith(
         "C:\\Program Files"
     )
+    assert run(windows, "SELECT SERVERPROPERTY('PathSeparator')") == [("\\",)]
     linux = cursor(models())
     assert " on Linux " in run(linux, "SELECT @@VERSION")[0][0]
+    assert run(linux, "SELECT SERVERPROPERTY('PathSeparator')") == [("/",)]
     assert run(linux, "SELECT host_platform, host_release, host_sku FROM sys.dm_os_host_info") == [
         ("Linux", "", None)
     ]
