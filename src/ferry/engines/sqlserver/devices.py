@@ -350,6 +350,20 @@ def _blob_device(
                 ),
             ),
         )
+    if kind == "page" and target.platform is Platform.LINUX:
+        # SQL Server on Linux reads block blobs through a SAS credential only (restore rules, [URL]).
+        return Mapped(
+            device,
+            findings=(
+                _f(
+                    "page-blob-on-linux",
+                    f"'{url}' is a page blob, and SQL Server on Linux restores from block blobs only",
+                    "copy it as a block blob (azcopy copy --blob-type BlockBlob), or restore onto SQL "
+                    "Server on Windows",
+                    url,
+                ),
+            ),
+        )
     if old or kind == "page":
         name = access.key_credential or f"ferry_{account}"
         cred = Credential(name, account, Secret.STORAGE_KEY, named=True)
