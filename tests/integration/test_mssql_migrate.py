@@ -250,7 +250,7 @@ def test_hostile_database_names_restore_safely(rig: Rig, name: str) -> None:
 
 
 def test_a_name_that_would_split_a_script_is_refused_before_anything_runs(rig: Rig) -> None:
-    from ferry.engines.sqlserver.prepare import MigrationBlocked
+    from ferry.core.findings import MigrationBlocked
 
     with pytest.raises(MigrationBlocked) as info:
         rig.run(rig.job(target_database="x\nGO\ny"))

@@ -12,8 +12,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from ferry.core.findings import MigrationBlocked
 from ferry.core.migration import State
-from ferry.engines.sqlserver.prepare import MigrationBlocked
 from tests.integration.mssqlrig import DB, RTC_FULL, Rig, later, make_rig
 from tests.mssql_model.testing import PASSWORDS
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from ferry.core.errors import FerryError, UsageError
+from ferry.core.findings import MigrationBlocked
 from ferry.core.migration import MigrationStatus, State
 from ferry.engines.postgres.archive import ferry_command
 from ferry.engines.postgres.cutover import CutoverRequest
-from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
+from ferry.engines.postgres.migration import MigrationSpec
 from ferry.engines.postgres.target import PostgresTarget
 from ferry.engines.postgres.verify import differences, fingerprints
 from ferry.pipeline.migrate import Migration

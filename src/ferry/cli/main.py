@@ -315,7 +315,8 @@ def migrate(
 ) -> None:
     """Migrate a source onto a new server from its backups; online until `ferry cutover`."""
     from ferry.cli.live import run_migration, target_path
-    from ferry.engines.postgres.migration import MigrationBlocked, MigrationSpec
+    from ferry.core.findings import MigrationBlocked
+    from ferry.engines.postgres.migration import MigrationSpec
 
     if to.lower().startswith("mssql://"):
         with _errors():

@@ -86,7 +86,7 @@ def job_of(o: SqlMigrateOptions) -> MigrationJob:
 def migrate(o: SqlMigrateOptions, out: Console, err: Console) -> None:
     """Run one SQL Server migration until it succeeds; online, until `ferry cutover` (or the c key)."""
     from ferry.cli.live import run_job
-    from ferry.engines.sqlserver.prepare import MigrationBlocked
+    from ferry.core.findings import MigrationBlocked
     from ferry.engines.sqlserver.settings import Settings
 
     job = job_of(o)

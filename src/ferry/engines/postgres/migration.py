@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from ferry.core.errors import FerryError, UsageError
-from ferry.core.findings import Finding, Severity
+from ferry.core.findings import Finding, MigrationBlocked, Severity
 from ferry.core.migration import State, StatusReporter
 from ferry.engines.base import MigrationJob, ReplaySettings, SourceFiles, TargetSpec
 from ferry.engines.postgres import archive, chain, grouping
@@ -81,20 +81,6 @@ class WalMissing(FerryError):
             "archive the missing file into the store (from the source's pg_wal, if it is still there), then "
             "retry the migration; `ferry plan` on the store shows what it holds",
         )
-
-
-class MigrationBlocked(FerryError):
-    """The source's backups cannot be restored as they are: the findings say why."""
-
-    retryable = False
-
-    def __init__(self, source: str, findings: list[Finding]) -> None:
-        errors = [f for f in findings if f.severity is Severity.ERROR]
-        super().__init__(
-            f"migration of '{source}' is blocked: {errors[0].message if errors else 'no restorable chain'}",
-            errors[0].hint if errors else "run `ferry plan` on the source for details",
-        )
-        self.findings = findings
 
 
 @dataclass(frozen=True)
@@ -195,7 +181,7 @@ def plan_files(files: SourceFiles) -> SourcePlan:
         or not selected.walk.consistent
         or any(f.severity is Severity.ERROR for f in findings)
     ):
-        raise MigrationBlocked(location, list(findings))
+        raise MigrationBlocked(f"'{location}'", list(findings))
     return SourcePlan(store, prefix, src, selected, tuple(findings), location)
 
 

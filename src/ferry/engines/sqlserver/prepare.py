@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ferry.core.catalog import RecoveryTarget
-from ferry.core.errors import FerryError, UsageError
-from ferry.core.findings import Finding, Severity
+from ferry.core.errors import UsageError
+from ferry.core.findings import Finding, MigrationBlocked, Severity
 from ferry.core.lsn import parse_sqlserver_lsn
 from ferry.core.migration import MigrationStatus, State
 from ferry.core.plan import DatabasePlan, StepKind
@@ -35,20 +35,6 @@ from ferry.engines.sqlserver.target import PROBE_ROUNDS, Target, wait_backoff
 from ferry.engines.sqlserver.tsql import Device, Recovery, RestoreOptions, ScriptError, quote_ident
 from ferry.engines.sqlserver.tsql import restore_statement as render
 from ferry.engines.sqlserver.workdir import WorkFolder
-
-
-class MigrationBlocked(FerryError):
-    """The migration cannot start: the findings say why. No retry changes that."""
-
-    retryable = False
-
-    def __init__(self, what: str, findings: Sequence[Finding]) -> None:
-        errors = [f for f in findings if f.severity is Severity.ERROR]
-        super().__init__(
-            f"migration of {what} is blocked: {errors[0].message if errors else 'no restorable chain'}",
-            errors[0].hint if errors else "run `ferry plan` on the source for details",
-        )
-        self.findings = list(findings)
 
 
 @dataclass(frozen=True)
