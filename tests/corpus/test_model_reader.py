@@ -50,12 +50,23 @@ def _path(rel: str) -> Path:
     return root / rel
 
 
+# HEADERONLY columns Ferry does not read (it has no use for them) and the model does: the collation's
+# locale and comparison flags. The model's value is the LCID of the collation the record stores at
+# SCIN 0xD8 (1033, and 1055 for the Turkish database of the corpus); Ferry's must stay NULL, not a guess.
+NOT_READ_BY_FERRY = ("UnicodeLocaleId", "UnicodeComparisonStyle")
+
+
 def _differences(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> list[str]:
-    return [
-        f"{where} {key}: ferry {theirs.get(key)!r}, model {ours.get(key)!r}"
-        for key in sorted(set(ours) | set(theirs))
-        if ours.get(key) != theirs.get(key)
-    ]
+    """Every column of the model's row (SQL Server's columns only) against Ferry's. Ferry's row also has
+    a few keys of its own (DatabaseGUID, HasMediaPassword, IsEncrypted), compared through the media."""
+    found = []
+    for key in sorted(ours):
+        if key in NOT_READ_BY_FERRY:
+            if theirs.get(key) is not None or not isinstance(ours[key], int):
+                found.append(f"{where} {key}: ferry {theirs.get(key)!r}, model {ours[key]!r}")
+        elif ours[key] != theirs.get(key):
+            found.append(f"{where} {key}: ferry {theirs.get(key)!r}, model {ours[key]!r}")
+    return found
 
 
 def _media(header: MediaHeader, ferry: FerrySet) -> list[str]:
@@ -78,6 +89,8 @@ def _compare(ours: list[ModelSet], theirs: list[FerrySet], media: MediaHeader) -
         where = f"set {other.position}"
         found += _differences(mine.headeronly(), other.headeronly(), where)
         found += _media(media, other)
+        if mine.database_guid != other.database_guid:
+            found.append(f"{where} DatabaseGUID: ferry {other.database_guid}, model {mine.database_guid}")
         found += [f"{where} type letter: ferry {other.type_letter!r}, model {mine.type_letter!r}"] * (
             mine.type_letter != other.type_letter
         )
@@ -135,13 +148,26 @@ def test_both_refuse_the_same_truncated_copies(tmp_path: Path, rel: str) -> None
         assert model == TruncatedBackup.__name__, f"{rel} cut at {cut}: model {model}, ferry {ferry}"
 
 
+def _filemark_lists(data: bytes) -> list[range]:
+    """Where the uncompressed filemarks (SFMB) keep their list of earlier filemarks: the model checks it,
+    Ferry does not (it has no use for it), so damage there may be refused by the model alone."""
+    if data.startswith(b"MSSQLBAK"):
+        return []
+    return [range(at + 0x3C, at + 512) for at in range(0, len(data), 512) if data[at : at + 4] == b"SFMB"]
+
+
 @pytest.mark.parametrize("rel", SAMPLES)
 def test_both_refuse_the_same_damaged_copies(tmp_path: Path, rel: str) -> None:
     data = _path(rel).read_bytes()
-    for at in range(0, min(len(data), 0x2000), 97):
+    model_only = _filemark_lists(data)
+    # The head (TAPE, SSET, VOLB, MSCI) and the tail (MSLS, ESET, the closing filemark).
+    spots = [*range(0, min(len(data), 0x2000), 97), *range(max(0, len(data) - 0x3000), len(data), 89)]
+    for at in spots:
         damaged = bytearray(data)
         damaged[at] ^= 0x20
         ferry, model = _refusals(tmp_path, bytes(damaged))
+        if ferry is None and model is not None and any(at in r for r in model_only):
+            continue
         assert (ferry is None) == (model is None), f"{rel} byte {at:#x} flipped: ferry {ferry}, model {model}"
 
 

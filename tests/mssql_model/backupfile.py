@@ -85,14 +85,36 @@ def records(stream: bytes) -> list[Record]:
     return found
 
 
+# The SCIN fixed part up to 0xF8 is written at the start (MSCI) and repeated at the end (MSLS), except
+# what the end fills in (section 3): the LSNs at 0x20-0x47, BackupFinishDate at 0x52, BackupSize at 0x60
+# and the LSN at 0x90 (it equals LastLSN). From 0xF8 on the fields are unknown and some change. The MQCI
+# stream has no checksum of its own: two copies that differ elsewhere mean a damaged file, which the model
+# refuses rather than answer with a wrong name or GUID.
+_FIXED_PART_END = 0xF8
+_FILLED_AT_END = ((0x20, 0x48), (0x52, 0x57), (0x60, 0x68), (0x90, 0x9A))
+
+
+def _check_copies(start: Record, end: Record, position: int) -> None:
+    if len(start.data) != len(end.data):
+        raise NotABackup(f"backup set {position}: the two copies of its header differ in length")
+    for at in range(0x08, _FIXED_PART_END):
+        if any(lo <= at < hi for lo, hi in _FILLED_AT_END):
+            continue
+        if start.data[at] != end.data[at]:
+            raise NotABackup(f"backup set {position}: the two copies of its header differ at SCIN {at:#x}")
+    for at in (0x68, 0x6C):
+        if start.text(at) != end.text(at):
+            raise NotABackup(f"backup set {position}: the two copies of its header name different objects")
+
+
 @dataclass
 class _Open:
     """A backup set while its blocks are read."""
 
     sset: Block
     machine_name: str | None = None
-    config: bytes | None = None  # MQCI of MSLS, else of MSCI
-    from_msls: bool = False
+    start: bytes | None = None  # MQCI of MSCI
+    end: bytes | None = None  # MQCI of MSLS
     ended: bool = False
 
 
@@ -127,8 +149,9 @@ def read_device(device: Source) -> tuple[MediaHeader, list[BackupSet]]:
         raise NotABackup("the device does not start with a TAPE block")
     media = media_header(first, compressed)
     sets: list[_Open] = []
+    last = first.block_type
     for block in blocks:
-        kind = block.block_type
+        kind = last = block.block_type
         current = sets[-1] if sets and not sets[-1].ended else None
         if kind == "SSET":
             sets.append(_Open(block))
@@ -142,12 +165,18 @@ def read_device(device: Source) -> tuple[MediaHeader, list[BackupSet]]:
             stream = block.stream("MQCI")
             if stream is None or stream.data is None:
                 raise NotABackup(f"the {kind} block at byte {block.offset} has no MQCI stream")
-            if kind == "MSLS" or not current.from_msls:
-                current.config, current.from_msls = stream.data, kind == "MSLS"
+            if kind == "MSCI":
+                current.start = stream.data
+            else:
+                current.end = stream.data
         elif kind == "ESET":
             current.ended = True
     if not sets:
         raise TruncatedBackup("the device ends before its first backup set")
+    if not compressed and last != "SFMB":
+        # 2.3: a disk medium ends with a soft filemark after the last ESET; the compressed container's
+        # decoded stream has none (section 8).
+        raise TruncatedBackup("the device ends without its closing filemark")
     return media, [_backup_set(s, media) for s in sets]
 
 
@@ -156,10 +185,12 @@ def _backup_set(opened: _Open, media: MediaHeader) -> BackupSet:
     position = sset.u16(0x3E)
     if not opened.ended:
         raise TruncatedBackup(f"the device ends inside backup set {position} (no ESET block)")
-    if opened.config is None:
+    if opened.start is None and opened.end is None:
         raise NotABackup(f"backup set {position} has neither an MSCI nor an MSLS block")
-    found = records(opened.config)
+    found = records(opened.end or opened.start or b"")
     scin = found[0]
+    if opened.start is not None and opened.end is not None:
+        _check_copies(records(opened.start)[0], scin, position)
     zone = enc.quarter_hours(struct.unpack_from("<b", sset.header, 0x5F)[0])
     groups = {r.u32(0x0C): r.text(0x10) for r in found if r.tag == "SFGI"}
     files = tuple(_file(r, groups) for r in found if r.tag == "SFIN")

@@ -4,9 +4,8 @@ the decoded size / 512, bits 16-31 the compressed size C), 24 bytes the model do
 of one [MS-XCA] LZ77+Huffman block. The decoded chunks, in order, are an ordinary MTF stream.
 
 Between runs of records the corpus also shows bytes that are no chunk: a closing record whose byte 0 is
-not 0x21, zero padding, and soft filemarks (SFMB) stored as they are, each run ending on a 4 KiB
-boundary. They are not part of the decoded stream (which has no SFMB), so the walk skips from anything
-that is not a chunk to the next 4 KiB boundary.
+not 0x21, then a soft filemark (SFMB) stored as it is on the next 4 KiB boundary (see `chunks`). They are
+not part of the decoded stream, which has no SFMB.
 
 Only the chunks the header walk touches are decoded (the first few and the last few).
 """
@@ -18,7 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from tests.mssql_model.formaterrors import NotABackup, TruncatedBackup
-from tests.mssql_model.mtf import Source, Windowed
+from tests.mssql_model.mtf import DBLK_HEADER, Source, Windowed, check_filemark, xor16
 from tests.mssql_model.xpress import decompress
 
 MAGIC = b"MSSQLBAK"
@@ -41,27 +40,62 @@ def is_compressed(head: bytes) -> bool:
 
 
 def chunks(device: Windowed) -> list[Chunk]:
-    """Every chunk record of the container, by walking record headers without decoding."""
+    """Every chunk record of the container, by walking record headers without decoding.
+
+    The container shows one pattern on every corpus file: a run of chunks, a closing record, and at the
+    next 4 KiB boundary a soft filemark (SFMB, stored as it is); the next run starts at the boundary after
+    it. The file ends with a filemark, as a disk medium does (section 2.3): without it, it was cut short.
+    Anything else is not this container."""
+    if device.size < FIRST_RECORD + RECORD_HEADER:
+        raise TruncatedBackup(
+            f"compressed backup: the file ends at byte {device.size}, before its first chunk"
+        )
     found: list[Chunk] = []
     start = 0
     pos = FIRST_RECORD
+    state = "start"  # then "chunk", "closed" (after a closing record), "filemark"
+    filemarks: list[int] = []
     while pos + 4 <= device.size:
         tag = struct.unpack("<I", device.read(pos, 4))[0]
-        if tag & 0xFF != CHUNK_TAG:
-            pos = (pos // FILLER_ALIGN + 1) * FILLER_ALIGN
-            continue
-        size = ((tag >> 8) & 0xFF) * 512
-        compressed = tag >> 16
-        if size == 0 or compressed == 0:
-            raise NotABackup(f"compressed backup: a chunk record at byte {pos} with no size")
-        if pos + RECORD_HEADER + compressed > device.size:
-            raise TruncatedBackup(f"compressed backup: the file ends inside the chunk at byte {pos}")
-        found.append(Chunk(start, size, pos + RECORD_HEADER, compressed))
-        start += size
-        pos += RECORD_HEADER + compressed
+        if state == "closed":
+            if not _filemark(device, pos, filemarks):
+                raise NotABackup(f"compressed backup: no filemark at byte {pos} after a closing record")
+            filemarks.append(pos)
+            state, pos = "filemark", pos + FILLER_ALIGN
+        elif tag & 0xFF == CHUNK_TAG:
+            size = ((tag >> 8) & 0xFF) * 512
+            compressed = tag >> 16
+            if size == 0 or compressed == 0:
+                raise NotABackup(f"compressed backup: a chunk record at byte {pos} with no size")
+            if pos + RECORD_HEADER + compressed > device.size:
+                raise TruncatedBackup(f"compressed backup: the file ends inside the chunk at byte {pos}")
+            found.append(Chunk(start, size, pos + RECORD_HEADER, compressed))
+            start += size
+            state, pos = "chunk", pos + RECORD_HEADER + compressed
+        elif state == "chunk":
+            state, pos = "closed", (pos // FILLER_ALIGN + 1) * FILLER_ALIGN
+        else:
+            raise NotABackup(f"compressed backup: no chunk record at byte {pos}")
     if not found:
         raise NotABackup("compressed backup: no chunk records after the MSSQLBAK header")
+    if state != "filemark" or pos != device.size:
+        raise TruncatedBackup(
+            f"compressed backup: the file ends at byte {device.size} without its closing filemark"
+        )
     return found
+
+
+def _filemark(device: Windowed, pos: int, earlier: list[int]) -> bool:
+    """An SFMB block stored as it is at `pos`: its 52-byte header checksums (2.1) and it fills its 4 KiB."""
+    if device.read(pos, 4) != b"SFMB":
+        return False
+    header = device.read(pos, DBLK_HEADER)
+    if xor16(header[:0x32]) != struct.unpack_from("<H", header, 0x32)[0]:
+        raise NotABackup(f"compressed backup: the filemark at byte {pos} has a bad header checksum")
+    if pos + FILLER_ALIGN > device.size:
+        raise TruncatedBackup(f"compressed backup: the file ends inside the filemark at byte {pos}")
+    check_filemark(device.read(pos, FILLER_ALIGN), pos, earlier)
+    return True
 
 
 class Decoded:

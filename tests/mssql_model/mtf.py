@@ -130,6 +130,26 @@ class Block:
         return bytes(self.header[where : where + size]) if size else None
 
 
+def previous_filemarks(block: bytes, offset: int) -> list[int]:
+    """2.7: an SFMB lists the byte offsets of the filemarks before it on the medium, the latest first:
+    u32 entries at 0x34, u32 entries used at 0x38, then the u64 list. SQL Server 2008 and later put 0x48 in
+    the u32 at 0x3C and start the list there (55 entries in 512 bytes, 503 in 4 KiB); the 2005 sample
+    starts it at 0x3C, as MTF 1.00a does. Both hold on every filemark of the corpus."""
+    count, used, first = struct.unpack_from("<III", block, 0x34)
+    start = 0x48 if first == 0x48 else 0x3C
+    if used > count or start + 8 * used > len(block):
+        raise NotABackup(f"the filemark at byte {offset} lists {used} of {count} entries")
+    return [int(v) for v in struct.unpack_from(f"<{used}Q", block, start)]
+
+
+def check_filemark(block: bytes, offset: int, earlier: list[int]) -> None:
+    """The filemark at `offset` lists the filemarks before it, the latest first, as many as it holds."""
+    count = struct.unpack_from("<I", block, 0x34)[0]
+    listed = previous_filemarks(block, offset)
+    if listed != earlier[::-1][: min(count, len(earlier))]:
+        raise NotABackup(f"the filemark at byte {offset} lists {listed}, not the filemarks before it")
+
+
 def _block_type(raw: bytes, offset: int) -> str:
     name = raw.decode("latin-1")
     if name not in BLOCK_TYPES:
@@ -141,12 +161,17 @@ def walk(source: Source, soft_filemark: int = 512) -> Iterator[Block]:
     """Every DBLK from offset 0 to the end of `source`, in order."""
     reader = source if isinstance(source, Windowed) else Windowed(source)
     offset = 0
+    filemarks: list[int] = []
     while offset < reader.size:
         common = reader.read(offset, DBLK_HEADER)
         block_type = _block_type(common[:4], offset)
         if xor16(common[:0x32]) != struct.unpack_from("<H", common, 0x32)[0]:
             raise NotABackup(f"{block_type} block at byte {offset}: its header checksum does not match")
         if block_type == "SFMB":
+            if offset + soft_filemark > reader.size:
+                raise TruncatedBackup(f"the file ends inside the filemark at byte {offset}")
+            check_filemark(reader.read(offset, soft_filemark), offset, filemarks)
+            filemarks.append(offset)
             yield Block(block_type, offset, common)
             offset += soft_filemark
             continue
