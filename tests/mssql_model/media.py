@@ -1,6 +1,6 @@
 """Backup devices as the model's server reads them: DISK paths through the model's file system, URL
-blobs through HTTP GET with Range and the SAS of a credential. Headers are parsed by Ferry's media
-reader (`read_backup_sets`), the way SQL Server reads its own format; nothing else of Ferry is used.
+blobs through HTTP GET with Range and the SAS of a credential. Headers are parsed by the model's own
+reader (`backupfile.read_device`); nothing of Ferry is used.
 
 URL rules: SQL Server 2016+ finds the SAS credential whose name is a prefix of the URL (the model takes
 the longest) and refuses a URL with none (3201, OS error 50). Real SQL Server reads https only; the model
@@ -13,18 +13,17 @@ import hashlib
 import http.client
 import ipaddress
 import os
-import struct
 import threading
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ferry.core.errors import BackupFormatError
-from ferry.engines.sqlserver.headers import BackupSet
-from ferry.engines.sqlserver.reader import read_backup_sets
+from tests.mssql_model.backupfile import read_device
+from tests.mssql_model.backupsets import BackupSet, MediaHeader
 from tests.mssql_model.catalog import CredentialRow, FileSystem, OutsideRoot
 from tests.mssql_model.errors import Message, message
+from tests.mssql_model.formaterrors import NotABackup, TruncatedBackup
 
 OS_NOT_FOUND = "2(The system cannot find the file specified.)"
 OS_PATH_NOT_FOUND = "3(The system cannot find the path specified.)"
@@ -153,21 +152,9 @@ class Medium:
         return next((s for s in self.sets if s.position == position), None)
 
 
-def _read_label(reader: _FileReader | _HttpReader) -> MediaLabel:
-    head = reader.read(0, 1024)
-    if not head.startswith(b"TAPE") or len(head) < 0x60:
-        return MediaLabel(None, None, None, None)
-
-    def ta(offset: int) -> bytes | None:
-        size, where = struct.unpack_from("<HH", head, offset)
-        return head[where : where + size] if size else None
-
-    def text(offset: int) -> str | None:
-        raw = ta(offset)
-        return raw.decode("utf-16-le", "replace") if raw is not None else None
-
-    algorithm = struct.unpack_from("<H", head, 0x3E)[0]
-    return MediaLabel(text(0x44), text(0x48), None, ta(0x4C) if algorithm else None)
+def _read_label(header: MediaHeader) -> MediaLabel:
+    """LABELONLY's fields of the TAPE block (format document, 2.4)."""
+    return MediaLabel(header.media_name, header.media_description, header.media_date, header.password_hash)
 
 
 def password_matches(label: MediaLabel, password: str | None) -> bool:
@@ -247,12 +234,12 @@ class MediaReader:
             cached = self._cache.get(key) if key else None
         if cached is None:
             try:
-                sets = read_backup_sets(reader)
-            except BackupFormatError as exc:
-                if "incomplete" in str(exc) or "end of" in str(exc):
-                    raise DeviceError(message(3203, name, OS_EOF)) from None
+                header, sets = read_device(reader)
+            except TruncatedBackup:
+                raise DeviceError(message(3203, name, OS_EOF)) from None
+            except NotABackup:
                 raise DeviceError(message(3241, name)) from None
-            cached = (sets, _read_label(reader))
+            cached = (sets, _read_label(header))
             if key:
                 with self._lock:
                     self._cache[key] = cached
