@@ -67,6 +67,20 @@ class MediaHeader:
     compressed: bool
 
 
+def _text_guid(value: UUID | None) -> str | None:
+    """GUID columns print in upper case, as SQL Server shows uniqueidentifier values."""
+    return str(value).upper() if value else None
+
+
+def _text_lsn(value: int | None) -> str | None:
+    """LSN columns are numeric(25,0): the model hands them on as their decimal digits."""
+    return None if value is None else f"{value:d}"
+
+
+def _text_date(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
 @dataclass(frozen=True)
 class DatabaseFile:
     """One SFIN record (section 3.3): one FILELISTONLY row."""
@@ -89,29 +103,29 @@ class DatabaseFile:
     base_time: datetime | None  # UTC (FILETIME at SFIN 0x106)
 
     def filelistonly(self) -> dict[str, Any]:
-        return {
-            "LogicalName": self.logical_name,
-            "PhysicalName": self.physical_name,
-            "Type": self.type,
-            "FileGroupName": self.filegroup_name,
-            "Size": self.size,
-            "MaxSize": self.max_size,
-            "FileId": self.file_id,
-            "CreateLSN": str(self.create_lsn),
-            "DropLSN": str(self.drop_lsn),
-            "UniqueId": _guid(self.unique_id),
-            "ReadOnlyLSN": None,
-            "ReadWriteLSN": None,
-            "BackupSizeInBytes": self.backup_size,
-            "SourceBlockSize": self.source_block_size,
-            "FileGroupId": self.filegroup_id,
-            "LogGroupGUID": None,
-            "DifferentialBaseLSN": str(self.differential_base_lsn),
-            "DifferentialBaseGUID": _guid(self.differential_base_guid),
-            "IsReadOnly": None,
-            "TDEThumbprint": None,
-            "SnapshotUrl": None,
-        }
+        """The FILELISTONLY row; ReadOnlyLSN, ReadWriteLSN, LogGroupGUID, IsReadOnly, TDEThumbprint and
+        SnapshotUrl have no known place in the file (section 3.3) and stay NULL."""
+        row: dict[str, Any] = dict.fromkeys(
+            ("ReadOnlyLSN", "ReadWriteLSN", "LogGroupGUID", "IsReadOnly", "TDEThumbprint", "SnapshotUrl")
+        )
+        row.update(
+            LogicalName=self.logical_name,
+            PhysicalName=self.physical_name,
+            Type=self.type,
+            FileGroupName=self.filegroup_name,
+            Size=self.size,
+            MaxSize=self.max_size,
+            FileId=self.file_id,
+            CreateLSN=_text_lsn(self.create_lsn),
+            DropLSN=_text_lsn(self.drop_lsn),
+            UniqueId=_text_guid(self.unique_id),
+            BackupSizeInBytes=self.backup_size,
+            SourceBlockSize=self.source_block_size,
+            FileGroupId=self.filegroup_id,
+            DifferentialBaseLSN=_text_lsn(self.differential_base_lsn),
+            DifferentialBaseGUID=_text_guid(self.differential_base_guid),
+        )
+        return row
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,7 @@ class BackupSet:
     files: tuple[DatabaseFile, ...] = field(default=())
     is_copy_only: bool | None = None  # section 4: not found in the format
 
-    # The media header's fields, as the rules read them off a set.
+    # What the rules read off a set but the media header holds (one TAPE per device).
     @property
     def media_set_id(self) -> UUID | None:
         return self.media.media_set_id
@@ -181,70 +195,71 @@ class BackupSet:
 
     @property
     def differential_base_lsn(self) -> int | None:
-        """HEADERONLY shows it for differentials only: the common base LSN of the data files."""
-        if self.backup_type is not BackupType.DIFFERENTIAL:
+        """Section 4: a differential's DifferentialBaseLSN is the one base LSN its data files share (SFIN
+        0x9E); other types, or data files that disagree, have none."""
+        if self.backup_type != BackupType.DIFFERENTIAL:
             return None
-        bases = {f.differential_base_lsn for f in self.files if f.type == "D"}
-        return bases.pop() if len(bases) == 1 else None
+        data_bases = sorted({f.differential_base_lsn for f in self.files if f.type == "D"})
+        return data_bases[0] if len(data_bases) == 1 else None
 
     def headeronly(self) -> dict[str, Any]:
-        """The RESTORE HEADERONLY row under SQL Server's column names (and LABELONLY's MediaFamilyId)."""
-        diff = self.backup_type is BackupType.DIFFERENTIAL
-        base_lsn = self.differential_base_lsn
+        """The RESTORE HEADERONLY row under SQL Server's column names (and LABELONLY's MediaFamilyId).
+        Columns the format does not hold (section 4) are NULL; the runner fills Collation and DeviceType."""
+        kind = self.backup_type
+        differential = kind == BackupType.DIFFERENTIAL
+        fork_point = self.fork_point_lsn or None
         return {
+            # Who, what, when.
             "BackupName": self.backup_name,
             "BackupDescription": self.backup_description,
-            "BackupType": int(self.backup_type) if self.backup_type else None,
-            "ExpirationDate": None,
-            "Compressed": 1 if self.compressed else 0,
+            "BackupType": None if kind is None else kind.value,
+            "BackupTypeDescription": None if kind is None else DESCRIPTIONS[kind],
             "Position": self.position,
             "DeviceType": 2,
             "UserName": self.user_name,
             "ServerName": self.server_name,
+            "MachineName": self.machine_name,
             "DatabaseName": self.database_name,
             "DatabaseVersion": self.database_version,
-            "DatabaseCreationDate": _date(self.database_creation),
+            "DatabaseCreationDate": _text_date(self.database_creation),
+            "BackupStartDate": _text_date(self.backup_start),
+            "BackupFinishDate": _text_date(self.backup_finish),
+            "ExpirationDate": None,
+            "IsCopyOnly": self.is_copy_only,
+            # Sizes and compression: Compressed is the MSSQLBAK container (section 8).
             "BackupSize": self.backup_size,
-            "FirstLSN": str(self.first_lsn),
-            "LastLSN": str(self.last_lsn),
-            "CheckpointLSN": str(self.checkpoint_lsn),
-            "DatabaseBackupLSN": str(self.database_backup_lsn),
-            "BackupStartDate": _date(self.backup_start),
-            "BackupFinishDate": _date(self.backup_finish),
+            "CompressedBackupSize": self.compressed_backup_size,
+            "Compressed": int(bool(self.compressed)),
+            # The log chain.
+            "FirstLSN": _text_lsn(self.first_lsn),
+            "LastLSN": _text_lsn(self.last_lsn),
+            "CheckpointLSN": _text_lsn(self.checkpoint_lsn),
+            "DatabaseBackupLSN": _text_lsn(self.database_backup_lsn),
+            "ForkPointLSN": _text_lsn(fork_point),
+            "RecoveryForkID": _text_guid(self.recovery_fork_id),
+            # Below ForkPointLSN a database is on its first fork; without one, both are the same.
+            "FirstRecoveryForkID": _text_guid(self.first_recovery_fork_id or self.recovery_fork_id),
+            "FamilyGUID": _text_guid(self.family_guid),
+            "BindingID": _text_guid(self.database_guid),
+            "BackupSetGUID": _text_guid(self.backup_set_guid),
+            "DifferentialBaseLSN": _text_lsn(self.differential_base_lsn),
+            "DifferentialBaseGUID": _text_guid(self.differential_base_guid) if differential else None,
+            # Server and database settings.
+            "RecoveryModel": self.recovery_model,
+            "CompatibilityLevel": self.compatibility_level,
             "SortOrder": self.sort_order,
             "CodePage": None,
             "UnicodeLocaleId": self.unicode_locale_id,
             "UnicodeComparisonStyle": self.unicode_comparison_style,
-            "CompatibilityLevel": self.compatibility_level,
-            "SoftwareVendorId": 4608,
+            "SoftwareVendorId": 0x1200,  # TAPE 0x56 and SSET 0x3C; the same on every SQL Server backup
             "SoftwareVersionMajor": self.software_major,
             "SoftwareVersionMinor": self.software_minor,
             "SoftwareVersionBuild": self.software_build,
-            "MachineName": self.machine_name,
             "Flags": self.flags,
-            "BindingID": _guid(self.database_guid),
-            "RecoveryForkID": _guid(self.recovery_fork_id),
-            "FamilyGUID": _guid(self.family_guid),
             "HasBackupChecksums": self.has_checksums,
-            "IsCopyOnly": self.is_copy_only,
-            "FirstRecoveryForkID": _guid(self.first_recovery_fork_id or self.recovery_fork_id),
-            "ForkPointLSN": str(self.fork_point_lsn) if self.fork_point_lsn else None,
-            "RecoveryModel": self.recovery_model,
-            "DifferentialBaseLSN": str(base_lsn) if diff and base_lsn is not None else None,
-            "DifferentialBaseGUID": _guid(self.differential_base_guid) if diff else None,
-            "BackupTypeDescription": DESCRIPTIONS[self.backup_type] if self.backup_type else None,
-            "BackupSetGUID": _guid(self.backup_set_guid),
-            "CompressedBackupSize": self.compressed_backup_size,
-            "MediaSetId": _guid(self.media_set_id),
-            "MediaFamilyId": f"{self.media.media_family_id:08X}-0000-0000-0000-000000000000",
+            # The media (LABELONLY shows the u32 family id as the first group of a GUID).
+            "MediaSetId": _text_guid(self.media_set_id),
+            "MediaFamilyId": "%08X-0000-0000-0000-000000000000" % self.media.media_family_id,
             "FamilyCount": self.family_count,
             "FamilySequenceNumber": self.family_sequence_number,
         }
-
-
-def _guid(value: UUID | None) -> str | None:
-    return None if value is None else str(value).upper()
-
-
-def _date(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
