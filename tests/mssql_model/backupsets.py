@@ -259,7 +259,7 @@ class BackupSet:
             "HasBackupChecksums": self.has_checksums,
             # The media (LABELONLY shows the u32 family id as the first group of a GUID).
             "MediaSetId": _text_guid(self.media_set_id),
-            "MediaFamilyId": "%08X-0000-0000-0000-000000000000" % self.media.media_family_id,
+            "MediaFamilyId": f"{self.media.media_family_id:08X}-0000-0000-0000-000000000000",
             "FamilyCount": self.family_count,
             "FamilySequenceNumber": self.family_sequence_number,
         }

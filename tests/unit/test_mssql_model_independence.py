@@ -23,9 +23,9 @@ def _ferry_imports(tree: ast.AST) -> list[str]:
             # importlib.import_module("ferry...") and __import__("ferry...")
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             first = node.args[0]
-            if name in ("import_module", "__import__") and isinstance(first, ast.Constant):
-                if str(first.value).split(".")[0] == "ferry":
-                    found.append(str(first.value))
+            dynamic = name in ("import_module", "__import__") and isinstance(first, ast.Constant)
+            if dynamic and str(getattr(first, "value", "")).split(".")[0] == "ferry":
+                found.append(str(getattr(first, "value", "")))
     return found
 
 

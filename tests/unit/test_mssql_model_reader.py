@@ -50,7 +50,11 @@ def test_guid_and_filetime() -> None:
     value = UUID("7169ad87-36d4-41ef-b04f-c064dd39ff25")
     assert enc.guid(value.bytes_le, 0) == value
     assert enc.guid(bytes(16), 0) is None
-    ticks = (datetime(2020, 1, 2, tzinfo=UTC) - datetime(1601, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 10
+    ticks = (
+        (datetime(2020, 1, 2, tzinfo=UTC) - datetime(1601, 1, 1, tzinfo=UTC))
+        // timedelta(microseconds=1)
+        * 10
+    )
     assert enc.filetime(struct.pack("<Q", ticks), 0) == datetime(2020, 1, 2, tzinfo=UTC)
 
 
