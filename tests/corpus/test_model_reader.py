@@ -4,7 +4,9 @@ both refuse it. A disagreement means one of them misreads the format; the model 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,27 @@ def test_both_refuse_foreign_files(tmp_path: Path) -> None:
     for data in (b"x", b"MSSQLBAK" + bytes(600), b"TAPE" + bytes(2000), bytes(4096), b"%PDF-1.4\n" * 100):
         ferry, model = _refusals(tmp_path, data)
         assert ferry is not None and model is not None, f"{data[:12]!r}: ferry {ferry}, model {model}"
+
+
+@pytest.mark.parametrize("rel", SAMPLES)
+def test_random_damage_gives_a_reading_or_a_format_error(rel: str) -> None:
+    """The model's server turns its reader's refusals into 3203 / 3241; anything else would be a crash."""
+    data = _path(rel).read_bytes()
+    rng = random.Random(rel)
+    for _ in range(40):
+        damaged = bytearray(data)
+        for _ in range(rng.choice((1, 2, 8))):
+            damaged[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del damaged[rng.randrange(len(damaged)) :]
+        with contextlib.suppress(ModelFormatError):
+            read_device(_Bytes(bytes(damaged)))
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
