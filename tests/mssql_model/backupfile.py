@@ -23,8 +23,12 @@ from tests.mssql_model.mtf import Block, Source, walk
 # 3.1 / 9: SQL Server 2005 ends the fixed part of SCIN at 0x158, so CompressedBackupSize (0x158) exists
 # only where the first string starts at 0x160 or later.
 _COMPRESSED_SIZE_AT = 0x158
+# SCIN 0xF4 (3.1) holds the database status bits of sys.sysdatabases: 1 autoclose, 4 select into/bulkcopy
+# (BULK_LOGGED), 8 trunc. log on chkpt (SIMPLE), both set by ALTER DATABASE ... SET RECOVERY
+# (https://learn.microsoft.com/en-us/previous-versions/sql/sql-server-2008-r2/ms179900(v=sql.105)). The
+# corpus shows 1 and 8 where that page says; it has no bulk-logged database, so 4 is untried.
 _STATUS_SIMPLE = 0x8
-_STATUS_BULK_LOGGED = 0x4  # format doc: a guess, no sample; MTF and SQL Server's status bits agree on it
+_STATUS_BULK_LOGGED = 0x4
 _FLAG_CHECKSUMS = 0x10
 _PAGE = 8192
 _SCIN_FIXED_MIN = 0x100  # the last field read below 0x158 is the u32 at 0xF4
