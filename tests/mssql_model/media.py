@@ -1,24 +1,23 @@
 """Backup devices as the model's server reads them: devices.py opens them (DISK paths through the
 model's file system or an SMB share, URLs of Azure blobs and S3 objects with SQL Server's credential
-rules); this module reads their media headers. Headers are parsed by Ferry's media reader
-(`read_backup_sets`), the way SQL Server reads its own format; nothing else of Ferry is used.
+rules); this module reads their media headers, with the model's own reader (`backupfile.read_device`);
+nothing of Ferry is used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from ferry.core.errors import BackupFormatError
-from ferry.engines.sqlserver.headers import BackupSet
-from ferry.engines.sqlserver.reader import read_backup_sets
+from tests.mssql_model.backupfile import read_device
+from tests.mssql_model.backupsets import BackupSet, MediaHeader
 from tests.mssql_model.catalog import FileSystem
 from tests.mssql_model.devices import OS_EOF, DeviceError, DeviceRequest, Reader, open_device
 from tests.mssql_model.devices import FileReader as _FileReader  # the name tests read files with
 from tests.mssql_model.errors import message
+from tests.mssql_model.formaterrors import NotABackup, TruncatedBackup
 
 __all__ = [
     "DeviceError",
@@ -55,21 +54,9 @@ class Medium:
         return next((s for s in self.sets if s.position == position), None)
 
 
-def _read_label(reader: Reader) -> MediaLabel:
-    head = reader.read(0, 1024)
-    if not head.startswith(b"TAPE") or len(head) < 0x60:
-        return MediaLabel(None, None, None, None)
-
-    def ta(offset: int) -> bytes | None:
-        size, where = struct.unpack_from("<HH", head, offset)
-        return head[where : where + size] if size else None
-
-    def text(offset: int) -> str | None:
-        raw = ta(offset)
-        return raw.decode("utf-16-le", "replace") if raw is not None else None
-
-    algorithm = struct.unpack_from("<H", head, 0x3E)[0]
-    return MediaLabel(text(0x44), text(0x48), None, ta(0x4C) if algorithm else None)
+def _read_label(header: MediaHeader) -> MediaLabel:
+    """LABELONLY's fields of the TAPE block (format document, 2.4)."""
+    return MediaLabel(header.media_name, header.media_description, header.media_date, header.password_hash)
 
 
 def password_matches(label: MediaLabel, password: str | None) -> bool:
@@ -101,12 +88,12 @@ class MediaReader:
             cached = self._cache.get(key) if key else None
         if cached is None:
             try:
-                sets = read_backup_sets(reader)
-            except BackupFormatError as exc:
-                if "incomplete" in str(exc) or "end of" in str(exc):
-                    raise DeviceError(message(3203, name, OS_EOF)) from None
+                header, sets = read_device(reader)
+            except TruncatedBackup:
+                raise DeviceError(message(3203, name, OS_EOF)) from None
+            except NotABackup:
                 raise DeviceError(message(3241, name)) from None
-            cached = (sets, _read_label(reader))
+            cached = (sets, _read_label(header))
             if key:
                 with self._lock:
                     self._cache[key] = cached

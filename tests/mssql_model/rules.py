@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ferry.engines.sqlserver.headers import BackupSet, BackupType, DatabaseFile
+from tests.mssql_model.backupsets import BackupSet, BackupType, DatabaseFile
 from tests.mssql_model.catalog import Database, OutsideRoot, is_windows_path
 from tests.mssql_model.errors import Message, SqlError, message, terminating
 from tests.mssql_model.instance import Instance, Session

@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from ferry.engines.sqlserver.headers import BackupSet
 from tests.mssql_model import rules
+from tests.mssql_model.backupsets import BackupSet
 from tests.mssql_model.catalog import Database, DbFile, OutsideRoot, now_text
 from tests.mssql_model.devices import URL_DEVICES_SINCE
 from tests.mssql_model.errors import Message, fail, message, terminating

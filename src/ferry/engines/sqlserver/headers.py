@@ -71,6 +71,8 @@ class DatabaseFile:
     filegroup_id: int
     # UTC time of the file's differential base; for a full backup, of the backup itself.
     base_time: datetime | None = None
+    # Sector size of the disk the file was on (SFIN 0x20): 512, or 4096 on 4K-sector disks.
+    source_block_size: int = 512
 
     def filelistonly(self) -> dict[str, Any]:
         return {
@@ -88,7 +90,7 @@ class DatabaseFile:
             "DifferentialBaseGUID": _guid(self.differential_base_guid),
             "BackupSizeInBytes": self.backup_size,
             "FileGroupId": self.filegroup_id,
-            "SourceBlockSize": 512,
+            "SourceBlockSize": self.source_block_size,
             # Not found in the media format (see docs/engines.md): unknown, never guessed.
             "ReadOnlyLSN": None,
             "ReadWriteLSN": None,

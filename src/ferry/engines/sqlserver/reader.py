@@ -322,4 +322,5 @@ def _parse_sfin(rec: bytes, filegroups: dict[int, str | None]) -> DatabaseFile:
         backup_size=u32(rec, 0x18) * 8192,
         filegroup_id=fg_id,
         base_time=filetime(rec, 0x106) if len(rec) >= 0x10E else None,
+        source_block_size=u32(rec, 0x20),
     )
