@@ -20,7 +20,7 @@ from ferry.cli import render
 from ferry.core.errors import UsageError
 from ferry.engines.base import MigrationJob, ReplaySettings, TargetSpec
 from ferry.engines.sqlserver.connection import TargetUrl
-from ferry.engines.sqlserver.settings import parse_mapping
+from ferry.engines.sqlserver.devices import PathMap
 from ferry.engines.sqlserver.workdir import WorkFolder
 
 EXIT_FINDINGS = 1
@@ -56,7 +56,8 @@ def job_of(o: SqlMigrateOptions) -> MigrationJob:
     if o.force and not o.replace:
         raise UsageError("--force only applies with --replace", "give --replace --yes --force, or none")
     stop = f"lsn:{o.stop_at_lsn.strip()}" if o.stop_at_lsn else (o.stop_at.strip() if o.stop_at else None)
-    maps = [f"{Path(a).resolve().as_posix()}={b}" for a, b in (parse_mapping(m) for m in o.backup_path_as)]
+    # LOCAL may be any store location (az://..., a blob URL, smb://...): parsed, never resolved as a path.
+    maps = [PathMap.parse(m).text for m in o.backup_path_as]
     options = {
         "data_dir": o.data_dir,
         "log_dir": o.log_dir,
