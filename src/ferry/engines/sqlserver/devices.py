@@ -60,8 +60,9 @@ class Secret(StrEnum):
 
 @dataclass(frozen=True)
 class TargetView:
-    """The target's facts the mapping needs. `platform` None: not known (SQL Server 2016 and older run on
-    Windows only; later ones say in sys.dm_os_host_info)."""
+    """The target's facts the mapping needs. `major` 0: not known (a script without --target-version), so
+    no version rule refuses anything. `platform` None: not known (SQL Server 2016 and older run on Windows
+    only; later ones say in sys.dm_os_host_info)."""
 
     major: int
     platform: Platform | None = None
@@ -436,7 +437,7 @@ def _s3(loc: Location, access: SourceAccess, target: TargetView) -> Mapped:
 
 
 def _s3_device(url: str, bucket_url: str, target: TargetView, access: SourceAccess | None = None) -> Mapped:
-    if target.major < 16:
+    if 0 < target.major < 16:
         year = _YEARS.get(target.major, str(target.major))
         return Mapped(
             Device(url),
