@@ -193,12 +193,20 @@ def test_credential_statements_shown_and_real() -> None:
 @pytest.mark.parametrize(
     ("mapping", "local", "target"),
     [
-        ("az://acct/bkp=https://other.blob.core.windows.net/bkp", "az://acct/bkp", "https://other.blob.core.windows.net/bkp"),
-        (f"https://acct.blob.core.windows.net/bkp?{SAS}=D:\\bk", "https://acct.blob.core.windows.net/bkp", "D:\\bk"),
+        (
+            "az://acct/bkp=https://o.blob.core.windows.net/bkp",
+            "az://acct/bkp",
+            "https://o.blob.core.windows.net/bkp",
+        ),
+        (
+            f"https://acct.blob.core.windows.net/bkp?{SAS}=D:\\bk",
+            "https://acct.blob.core.windows.net/bkp",
+            "D:\\bk",
+        ),
         ("smb://files/share/sql=/mnt/sql", "smb://files/share/sql", "/mnt/sql"),
         ("s3://bucket/p=\\\\fs\\p", "s3://bucket/p", "\\\\fs\\p"),
     ],
-)  # fmt: skip
+)
 def test_path_maps_parse_store_locations(mapping: str, local: str, target: str) -> None:
     m = PathMap.parse(mapping)
     assert m.local_text == local and m.target == target

@@ -1,4 +1,5 @@
-"""Preflight's pure checks, without a server: file moves and relocation, free space, existing databases, single-user waits, and the log view's statuses on real corpus headers."""
+"""Preflight's pure checks, without a server: file moves and relocation, free space, existing databases,
+single-user waits, and the log view's statuses on real corpus headers."""
 
 from __future__ import annotations
 

@@ -17,9 +17,10 @@ from ferry.engines.sqlserver.restore_script import (
     ScriptSettings,
     comment_text,
     database_script,
-    map_path,
     relocate,
 )
+from ferry.engines.sqlserver.devices import PathMap, SourceAccess, TargetView, map_file
+from ferry.stores.location import parse_location
 from ferry.engines.sqlserver.tsql import (
     Device,
     Recovery,
@@ -257,15 +258,25 @@ def test_relocate_without_folders_keeps_original_paths_and_reports_clashes() -> 
     assert clashes == [DATA.physical_name]
 
 
+def _at(folder: str) -> SourceAccess:
+    return SourceAccess(parse_location(folder))
+
+
 def test_backup_paths_as_the_target_sees_them() -> None:
-    mapping = (("/backups", r"\\fs\backups"), ("/backups/cloud", "https://a.blob.core.windows.net/c"))
-    assert map_path("/backups/db1/full.bak", mapping) == Device(r"\\fs\backups\db1\full.bak")
-    assert map_path("/backups/cloud/x y.bak", mapping) == Device(
-        "https://a.blob.core.windows.net/c/x%20y.bak"
-    )
-    assert map_path("/backupsX/a.bak", mapping) == Device("/backupsX/a.bak")
-    assert map_path("/data/a.bak", (("/", "/mnt/"),)) == Device("/mnt/data/a.bak")
-    assert map_path("/b/a.bak", (("/b", "D:"),)) == Device(r"D:\a.bak")
+    mapping = [
+        PathMap.parse(r"/backups=\\fs\backups"),
+        PathMap.parse("/backups/cloud=https://a.blob.core.windows.net/c"),
+    ]
+
+    def device(path: str, maps: list[PathMap] = mapping) -> Device:
+        folder, _, name = path.rpartition("/")
+        return map_file(_at(folder), name, TargetView(16), maps).device
+
+    assert device("/backups/db1/full.bak") == Device(r"\\fs\backups\db1\full.bak")
+    assert device("/backups/cloud/x y.bak") == Device("https://a.blob.core.windows.net/c/x%20y.bak")
+    assert device("/backupsX/a.bak") == Device("/backupsX/a.bak")
+    assert device("/data/a.bak", [PathMap.parse("/=/mnt/")]) == Device("/mnt/data/a.bak")
+    assert device("/b/a.bak", [PathMap.parse("/b=D:")]) == Device(r"D:\a.bak")
 
 
 def _plan(*steps: PlanStep) -> DatabasePlan:
@@ -289,7 +300,7 @@ def _plan_step(s: Any, kind: StepKind = StepKind.FULL) -> PlanStep:
 )
 def test_target_versions(version: int, target: int, code: str | None) -> None:
     full = backup_set(database_version=version)
-    made = database_script(_plan(_plan_step(full)), [full], "/b", ScriptSettings(target_version=target))
+    made = database_script(_plan(_plan_step(full)), [full], _at("/b"), ScriptSettings(target_version=target))
     assert [f.code for f in made.findings] == ([code] if code else [])
     assert bool(made.batches) is (code is None)
 
@@ -302,7 +313,7 @@ def test_old_targets_are_refused() -> None:
 def test_database_script_names_every_stripe_in_one_statement() -> None:
     rows = striped(backup_set(path="f.bak"), 3)
     plan = _plan(PlanStep(StepKind.FULL, tuple(r.path for r in rows), "1", "2"))
-    made = database_script(plan, list(reversed(rows)), "/store", ScriptSettings(online=True))
+    made = database_script(plan, list(reversed(rows)), _at("/store"), ScriptSettings(online=True))
     [batch] = made.batches
     assert batch.statement.count("DISK = N'/store/f_") == 3
     assert batch.comments[-1].startswith("full backup 'f_1of3.bak', 'f_2of3.bak', 'f_3of3.bak'; LSN 1 to 2")

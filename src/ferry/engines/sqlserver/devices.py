@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
@@ -384,20 +384,26 @@ def _credential_findings(
     why = (
         "the login may not create it (it needs ALTER ANY CREDENTIAL, or sysadmin)"
         if have
-        else f"Ferry has no {_secret_words(cred.secret)} to create it with"
+        else f"Ferry has no {secret_words(cred.secret)} to create it with"
     )
     return [
         _f(
             "url-credential-missing",
             f"the target has no credential [{cred.name}] to read '{url}', and {why}",
             f"run on the target: {cred.shown} (set {cred.secret.variable} to the "
-            f"{_secret_words(cred.secret)}), or connect as a login with ALTER ANY CREDENTIAL",
+            f"{secret_words(cred.secret)}), or connect as a login with ALTER ANY CREDENTIAL",
             url,
         )
     ]
 
 
-def _secret_words(kind: Secret) -> str:
+def replace_key_credential(access: SourceAccess, name: str | None) -> SourceAccess:
+    """`access` with the storage-key credential's name given (--credential), when one is."""
+    return access if not name else replace(access, key_credential=name)
+
+
+def secret_words(kind: Secret) -> str:
+    """What a secret is, in a DBA's words (for hints and a script's :setvar lines)."""
     return {
         Secret.SAS: "SAS token (read and list on the container, without the leading ?)",
         Secret.STORAGE_KEY: "storage account key",
