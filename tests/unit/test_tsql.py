@@ -12,6 +12,7 @@ from sqlglot.dialects.tsql import TSQL
 from ferry.core.errors import UsageError
 from ferry.core.plan import DatabasePlan, PlanStep, StepKind
 from ferry.engines.sqlserver.chain import ChainStep
+from ferry.engines.sqlserver.devices import PathMap, SourceAccess, TargetView, map_file
 from ferry.engines.sqlserver.headers import BackupType
 from ferry.engines.sqlserver.restore_script import (
     ScriptSettings,
@@ -19,8 +20,6 @@ from ferry.engines.sqlserver.restore_script import (
     database_script,
     relocate,
 )
-from ferry.engines.sqlserver.devices import PathMap, SourceAccess, TargetView, map_file
-from ferry.stores.location import parse_location
 from ferry.engines.sqlserver.tsql import (
     Device,
     Recovery,
@@ -35,6 +34,7 @@ from ferry.engines.sqlserver.tsql import (
     unquote_ident,
     unquote_literal,
 )
+from ferry.stores.location import parse_location
 from tests.factories import backup_set, database_file, logical, striped
 
 DATA = database_file(logical_name="db1", physical_name=r"D:\Data\db1.mdf")
