@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 
 from ferry.core.errors import UsageError
 from ferry.core.findings import Finding, Severity
+from ferry.core.redact import redact_text
 from ferry.engines.sqlserver.tsql import Device, quote_ident, quote_literal
 from ferry.stores.location import Location, StoreKind, parse_location
 
@@ -151,9 +152,18 @@ class PathMap:
         else:
             local, sep, target = "", "", ""
         if not sep or not local or not target:
+            shown = redact_text(text if isinstance(text, str) else "=".join(map(str, text)))
             raise UsageError(
-                f"backup path mapping {text!r} is not LOCAL=TARGET",
+                f"backup path mapping {shown!r} is not LOCAL=TARGET",
                 r"e.g. --backup-path-as /backups=\\fileserver\backups or az://acct/bk=D:\bk",
+            )
+        if re.match(r"(?i)^(https?|s3)://", target) and ("?" in target or "#" in target):
+            # A device URL never carries a query string: SQL Server would read `?sv=...` as part of the
+            # blob's name, and the statement (shown, logged) would hold the signature.
+            raise UsageError(
+                f"backup path mapping target '{redact_text(target)}' has a query string",
+                "give the URL without '?...'; the target reads it through a credential: put the SAS in "
+                "FERRY_MSSQL_SAS (Ferry creates the credential) or create it on the target yourself",
             )
         loc = parse_location(local)
         if loc.kind is StoreKind.LOCAL:
@@ -182,6 +192,7 @@ def _split_mapping(text: str) -> tuple[str, str, str]:
             rest = text[m.end() :]
             if re.match(r"^([A-Za-z]:|\\\\|/|[a-z][a-z0-9+.\-]*://)", rest):
                 return text[: m.start()], "=", rest
+        return text, "", ""  # every `=` is the query's own: there is no TARGET
     return text.partition("=")
 
 
