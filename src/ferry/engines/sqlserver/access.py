@@ -196,7 +196,9 @@ def unreadable_finding(device: str, reason: str, target: str, cred: Credential |
     if cred is not None and cred.secret is Secret.SAS:
         hint = (
             f"the credential [{cred.name}] must hold a valid SAS with read and list on the container "
-            "(not expired, without the leading ?); running again will not help until it does"
+            "(not expired, without the leading ?): ALTER CREDENTIAL it, or run Ferry as a login with ALTER "
+            "ANY CREDENTIAL and a SAS or account key, and Ferry replaces it; running again will not help "
+            "until then"
         )
     elif cred is not None:
         hint = (
