@@ -1,6 +1,6 @@
 """How a SQL Server instance reads a store's file: the one mapping from a store location, a file key and the
 target's facts to the device of a RESTORE (`DISK = N'...'` or `URL = N'...'`), the credential it needs, and
-the findings when the target cannot read it. `ferry migrate`, `ferry script`, the service and the console
+the findings when the target cannot read it. `ferry migrate`, `ferry script` and the service
 all go through `map_file`. Pure: no connection, no store; `access.py` gathers the secrets and blob types.
 
 The rules, per store (docs/engines.md, "How the target reads the backups"):
