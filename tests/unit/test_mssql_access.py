@@ -83,3 +83,26 @@ def test_unreadable_hints() -> None:
     assert "read and list" in sas.hint and "will not help" in sas.hint
     unc = acc.unreadable_finding("\\\\fs\\bk\\x.bak", "error 5", "sql02", None)
     assert "service account" in unc.hint and "share" in unc.hint
+
+
+def test_a_minted_sas_is_renewed_with_alter_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferry.engines.sqlserver.settings import Settings
+    from tests.integration.stores.servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    monkeypatch.setenv("FERRY_AZURE_BLOB_ENDPOINT", f"http://127.0.0.1:9/{AZURITE_ACCOUNT}")
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+    for var in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_ACCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    src = acc.open_source(f"az://{AZURITE_ACCOUNT}/bkp", Settings())
+    a = src.access
+    assert a.sas_minted and a.sas_expiry is not None and "sp=rl" in a.sas and not a.sas.startswith("?")
+    assert a.account_key == AZURITE_KEY
+    first_expiry = a.sas_expiry
+    conn = _Conn()
+    creds = acc.Credentials(src, [SAS_CRED, KEY_CRED])
+    assert not creds.renew_due()
+    assert creds.renew(Target(conn), [SAS_CRED.name, KEY_CRED.name])  # type: ignore[arg-type]
+    assert len(conn.sql) == 1 and conn.sql[0].startswith(f"ALTER CREDENTIAL [{SAS_CRED.name}]")
+    assert src.access.sas_expiry is not None and src.access.sas_expiry >= first_expiry
+    hidden = acc.open_source(f"az://{AZURITE_ACCOUNT}/bkp", Settings(), secrets=False).access
+    assert hidden.sas == "" and hidden.account_key == "" and hidden.endpoint.endswith(AZURITE_ACCOUNT)
