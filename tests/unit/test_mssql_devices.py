@@ -240,3 +240,11 @@ def test_many_files_one_finding_and_distinct_credentials() -> None:
     assert [f.code for f in found] == ["block-blobs"] and len(found[0].files) == 3
     ok = [map_file(access, f"s{i}.bak", _view(16), blob_type="BlockBlob") for i in range(3)]
     assert [c.name for c in dv.credentials_of(ok)] == ["https://acct.blob.core.windows.net/bkp"]
+
+
+def test_a_login_that_cannot_see_credentials_leaves_it_to_the_read_check() -> None:
+    blind = TargetView(16, Platform.LINUX, can_alter_credentials=False, sees_credentials=False)
+    m = map_file(_access("az://acct/bkp"), "x.bak", blind, blob_type="BlockBlob")
+    assert _codes(m) == ["url-credential-unseen"] and m.findings[0].severity.value == "warning"
+    assert "$(FERRY_SAS)" in m.findings[0].hint
+    _no_secret(m.findings[0].message + m.findings[0].hint)

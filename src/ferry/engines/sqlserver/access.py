@@ -99,8 +99,13 @@ def open_source(location: str, s: Settings, restore_bytes: int = 0, *, secrets: 
 
 def target_view(facts: TargetFacts, dev: DeviceFacts) -> TargetView:
     platform = Platform(dev.platform) if dev.platform in ("Windows", "Linux") else None
+    sysadmin = facts.is_sysadmin
     return TargetView(
-        facts.major, platform, facts.credentials, dev.can_alter_credentials or facts.is_sysadmin
+        facts.major,
+        platform,
+        facts.credentials,
+        dev.can_alter_credentials or sysadmin,
+        dev.can_view_credentials or sysadmin,
     )
 
 

@@ -69,6 +69,7 @@ class TargetView:
     platform: Platform | None = None
     credentials: tuple[str, ...] = ()  # names in sys.credentials
     can_alter_credentials: bool = False  # sysadmin, or ALTER ANY CREDENTIAL
+    sees_credentials: bool = True  # False: sys.credentials may hide rows (no VIEW ANY DEFINITION)
 
     def has_credential(self, name: str) -> bool:
         return name.casefold() in {c.casefold() for c in self.credentials}
@@ -397,6 +398,20 @@ def _credential_findings(
         if have
         else f"Ferry has no {secret_words(cred.secret)} to create it with"
     )
+    if not target.sees_credentials:
+        # The login sees no rows of sys.credentials (no VIEW ANY DEFINITION): the credential may well be
+        # there. The read probe decides; its finding carries the same statement.
+        return [
+            _f(
+                "url-credential-unseen",
+                f"the login cannot see whether the target has the credential [{cred.name}] to read "
+                f"'{url}' (sys.credentials needs VIEW ANY DEFINITION), and {why}",
+                f"if the read check fails, run on the target: {cred.shown} (set {cred.secret.variable} to "
+                f"the {secret_words(cred.secret)})",
+                url,
+                severity=Severity.WARNING,
+            )
+        ]
     return [
         _f(
             "url-credential-missing",
