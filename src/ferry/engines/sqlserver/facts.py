@@ -422,7 +422,7 @@ class DeviceFacts:
 
     platform: str | None = None
     can_alter_credentials: bool = False
-    can_view_credentials: bool = False  # VIEW ANY DEFINITION or ALTER ANY CREDENTIAL: sys.credentials is whole
+    can_view_credentials: bool = False  # VIEW ANY DEFINITION or ALTER ANY CREDENTIAL: sees all of them
 
 
 def parse_platform(results: Sequence[ResultSet], major: int) -> str | None:
