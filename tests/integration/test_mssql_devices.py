@@ -165,9 +165,23 @@ def test_migrate_cli_maps_an_az_location(rig: Rig, azure_env: Azurite) -> None:
          "--backup-path-as", f"az://{AZURITE_ACCOUNT}/{name}=/store", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.stdout + result.stderr
+    _no_secret(result.stdout, result.stderr)
     devices = {r["physical_device_name"] for r in rig.model.state().backupmediafamily}
     assert devices == {f"/store/{f}" for f in RTC_FULL}
     assert rig.model.state().credentials == []
+
+
+def test_migrate_cli_from_a_sas_url_shows_no_signature(rig: Rig, azure_env: Azurite) -> None:
+    name = _container(azure_env, RTC_FULL)
+    sas = container_sas(name, "rl")
+    result = CliRunner().invoke(
+        app, ["migrate", f"{azure_env.endpoint}/{name}?{sas}", "--to", rig.url, "--offline", "--json"]
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    _no_secret(result.stdout, result.stderr)
+    assert sas not in result.stdout + result.stderr
+    (cred,) = rig.model.state().credentials
+    assert cred.secret == sas
 
 
 @NEEDS_MODEL
