@@ -184,6 +184,34 @@ def test_migrate_cli_from_a_sas_url_shows_no_signature(rig: Rig, azure_env: Azur
     assert cred.secret == sas
 
 
+def _read_check(rig: Rig, job: object) -> list[object]:
+    from ferry.engines.sqlserver.driver import SqlServerMigrator
+    from ferry.pipeline.migrate import read_source
+
+    files = read_source(job.source, "sqlserver")  # type: ignore[attr-defined]
+    return SqlServerMigrator().read_check(job, files)  # type: ignore[arg-type,return-value]
+
+
+def test_read_check_before_start(rig: Rig, azure_env: Azurite) -> None:
+    rig.add(*RTC_FULL)
+    assert _read_check(rig, rig.job()) == []  # the model reads /store
+    found = _read_check(rig, rig.job(backup_path_as=[]))  # it does not see this machine's folder
+    assert [f.code for f in found] == ["backup-unreadable"]  # type: ignore[attr-defined]
+    name = _container(azure_env, RTC_FULL)
+    first = _read_check(rig, _job(rig, f"az://{AZURITE_ACCOUNT}/{name}"))
+    assert [f.code for f in first] == ["credential-at-start"]  # type: ignore[attr-defined]
+    assert rig.model.state().credentials == [] and rig.model.history() == []  # nothing changed
+
+
+def test_read_check_refuses_block_blobs_on_2014(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azure_env: Azurite
+) -> None:
+    for r in make_rig(tmp_path, monkeypatch, files=(), version="12.0.2000.8"):
+        name = _container(azure_env, RTC_FULL)
+        found = _read_check(r, _job(r, f"az://{AZURITE_ACCOUNT}/{name}"))
+        assert "block-blobs" in [f.code for f in found]  # type: ignore[attr-defined]
+
+
 @NEEDS_MODEL
 def test_page_blobs_through_a_key_credential_named_in_every_statement(rig: Rig, azure_env: Azurite) -> None:
     name = _container(azure_env, RTC_FULL, blob_type="PageBlob")
