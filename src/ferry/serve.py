@@ -83,14 +83,10 @@ class ServeOptions:
 
 def backup_path_mappings(values: list[str]) -> list[str]:
     """`--backup-path-as LOCAL=TARGET`: how SQL Server instances see the stores (LOCAL made absolute)."""
-    from ferry.engines.sqlserver.settings import parse_mapping
+    from ferry.engines.sqlserver.devices import PathMap
 
-    out = []
-    for value in values:
-        local, target = parse_mapping(value)
-        local = local if "://" in local else Path(os.path.abspath(local)).as_posix()
-        out.append(f"{local}={target}")
-    return out
+    # LOCAL is parsed as a store location (a local one made absolute), never resolved as a path.
+    return [PathMap.parse(value).text for value in values]
 
 
 def parse_target(

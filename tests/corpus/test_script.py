@@ -208,7 +208,18 @@ def test_backup_paths_as_the_target_sees_them(corpus: Path) -> None:
         "16",
     )
     assert code == 0
-    full = statements(out)[0]
+    cred, full = statements(out)[:2]
+    # The credential comes first, its secret a sqlcmd variable set by a commented :setvar line.
+    assert (
+        cred.comments[0]
+        == "-- credential [https://acct.blob.core.windows.net/bak]: the target's restores read through it"
+    )
+    assert cred.comments[1].startswith('-- :setvar FERRY_SAS "<SAS token')
+    assert (
+        "CREATE CREDENTIAL [https://acct.blob.core.windows.net/bak] WITH IDENTITY = N'SHARED ACCESS "
+        in cred.sql
+    )
+    assert "SECRET = N'$(FERRY_SAS)'" in cred.sql and "CREDENTIAL =" not in full.sql
     assert full.devices == [
         ("URL", "https://acct.blob.core.windows.net/bak/Stripe1/RestoreTimeStripe2.bak"),
         ("URL", "https://acct.blob.core.windows.net/bak/Stripe2/RestoreTimeStripe2a.bak"),

@@ -50,14 +50,16 @@ def test_a_backup_newer_than_the_target_is_refused(tmp_path: Path, monkeypatch: 
         _untouched(r)
 
 
-def test_block_blobs_are_refused_on_sql_server_2014(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_urls_on_sql_server_2014_need_a_key_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files mapped to URLs whose blob type Ferry cannot ask: a warning, and the key credential that 2014
+    names in every restore must exist (block blobs from a store: test_mssql_devices.py)."""
     for r in make_rig(tmp_path, monkeypatch, files=RTC_FULL, version="12.0.2000.8"):
         base = "http://127.0.0.1:9/devstoreaccount1/backups"
-        types = {f"{base}/RestoreTimeClean.bak": "BlockBlob", f"{base}/RestoreTimeClean2.bak": "PageBlob"}
-        found = blocked(r, backup_path_as=[f"{r.store}={base}"], blob_types=types, credential="key")
-        assert "block-blobs" in found and "RestoreTimeClean.bak" in found["block-blobs"]
-        assert "RestoreTimeClean2.bak" not in found["block-blobs"]
-        assert "url-credential-missing" in found  # no credential named 'key' on the target
+        found = blocked(r, backup_path_as=[f"{r.store}={base}"], credential="key")
+        assert "blob-types-unknown" in found and "page blobs" in found["blob-types-unknown"]
+        assert "url-credential-missing" in found and "[key]" in found["url-credential-missing"]
         _untouched(r)
 
 

@@ -1,5 +1,5 @@
-"""Preflight's pure checks, without a server: file moves and relocation, free space, URL devices and
-credentials, existing databases, single-user waits, and the log view's statuses on real corpus headers."""
+"""Preflight's pure checks, without a server: file moves and relocation, free space, existing databases,
+single-user waits, and the log view's statuses on real corpus headers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from ferry.engines.sqlserver.engine import SqlServerEngine
 from ferry.engines.sqlserver.facts import DatabaseRow, FileRow, Probe, TargetFacts, Volume
 from ferry.engines.sqlserver.follow import Identity, held_files, split, view
 from ferry.engines.sqlserver.headers import DatabaseFile
-from ferry.engines.sqlserver.tsql import Device
 from ferry.pipeline.discover import scan
 from ferry.stores.local import LocalStore
 from tests.conftest import corpus_root
@@ -103,27 +102,6 @@ def test_free_space_per_volume() -> None:
     )
     unknown = pf.check_space({"Sales": 1}, {"Sales": "F:\\x.mdf"}, facts, "t")
     assert [f.code for f in unknown] == ["free-space-unknown"]
-
-
-def test_url_devices_and_credentials() -> None:
-    urls = [Device("https://acct.blob.core.windows.net/bk/db/full.bak")]
-    assert pf.url_prefix(urls[0].path) == "https://acct.blob.core.windows.net/bk"
-    assert (
-        pf.url_prefix("http://127.0.0.1:10000/devstoreaccount1/bk/x.bak")
-        == "http://127.0.0.1:10000/devstoreaccount1/bk"
-    )
-    none, create = pf.check_devices(urls, _facts(), "t", None, sas=False, credential=None)
-    assert [f.code for f in none] == ["url-credential-missing"] and create == ()
-    ok, create = pf.check_devices(urls, _facts(), "t", None, sas=True, credential=None)
-    assert ok == [] and create == ("https://acct.blob.core.windows.net/bk",)
-    have = _facts(credentials=("https://acct.blob.core.windows.net/bk",))
-    assert pf.check_devices(urls, have, "t", None, sas=False, credential=None) == ([], ())
-    old = _facts(product_version="12.0.2000.8", credentials=("key",))
-    found, _ = pf.check_devices(urls, old, "t", {urls[0].path: "BlockBlob"}, sas=False, credential="key")
-    assert [f.code for f in found] == ["block-blobs"]
-    found, _ = pf.check_devices(urls, old, "t", None, sas=False, credential="key")
-    assert [f.code for f in found] == ["blob-types-unknown"]
-    assert pf.check_devices([Device("/backups/x.bak")], old, "t", None, False, None) == ([], ())
 
 
 def test_existing_database_rules() -> None:

@@ -188,3 +188,19 @@ def test_only_engines_whose_stores_hold_many_databases_share_one_view_of_a_store
     from ferry.pipeline.sources import shares_stores
 
     assert shares_stores("sqlserver") and not shares_stores("postgres")
+
+
+def test_credential_rights_facts() -> None:
+    from ferry.engines.sqlserver import facts as f
+    from ferry.engines.sqlserver.connection import ResultSet
+
+    def rs(*row: object) -> list[ResultSet]:
+        return [ResultSet(["a", "b"][: len(row)], [tuple(row)])]
+
+    assert f.parse_credential_rights(rs(1, 0)) == (True, True)
+    assert f.parse_credential_rights(rs(0, 1)) == (False, True)
+    assert f.parse_credential_rights(rs(0, 0)) == (False, False)
+    assert f.parse_credential_rights([]) == (False, False)
+    assert f.parse_platform([ResultSet(["host_platform"], [("Linux",)])], 16) == "Linux"
+    assert f.parse_platform([ResultSet(["host_platform"], [("Windows",)])], 16) == "Windows"
+    assert f.parse_platform([], 12) == "Windows" and f.parse_platform([], 16) is None

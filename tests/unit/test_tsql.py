@@ -12,12 +12,12 @@ from sqlglot.dialects.tsql import TSQL
 from ferry.core.errors import UsageError
 from ferry.core.plan import DatabasePlan, PlanStep, StepKind
 from ferry.engines.sqlserver.chain import ChainStep
+from ferry.engines.sqlserver.devices import PathMap, Platform, SourceAccess, TargetView, map_file
 from ferry.engines.sqlserver.headers import BackupType
 from ferry.engines.sqlserver.restore_script import (
     ScriptSettings,
     comment_text,
     database_script,
-    map_path,
     relocate,
 )
 from ferry.engines.sqlserver.tsql import (
@@ -34,6 +34,7 @@ from ferry.engines.sqlserver.tsql import (
     unquote_ident,
     unquote_literal,
 )
+from ferry.stores.location import parse_location
 from tests.factories import backup_set, database_file, logical, striped
 
 DATA = database_file(logical_name="db1", physical_name=r"D:\Data\db1.mdf")
@@ -257,15 +258,25 @@ def test_relocate_without_folders_keeps_original_paths_and_reports_clashes() -> 
     assert clashes == [DATA.physical_name]
 
 
+def _at(folder: str) -> SourceAccess:
+    return SourceAccess(parse_location(folder))
+
+
 def test_backup_paths_as_the_target_sees_them() -> None:
-    mapping = (("/backups", r"\\fs\backups"), ("/backups/cloud", "https://a.blob.core.windows.net/c"))
-    assert map_path("/backups/db1/full.bak", mapping) == Device(r"\\fs\backups\db1\full.bak")
-    assert map_path("/backups/cloud/x y.bak", mapping) == Device(
-        "https://a.blob.core.windows.net/c/x%20y.bak"
-    )
-    assert map_path("/backupsX/a.bak", mapping) == Device("/backupsX/a.bak")
-    assert map_path("/data/a.bak", (("/", "/mnt/"),)) == Device("/mnt/data/a.bak")
-    assert map_path("/b/a.bak", (("/b", "D:"),)) == Device(r"D:\a.bak")
+    mapping = [
+        PathMap.parse(r"/backups=\\fs\backups"),
+        PathMap.parse("/backups/cloud=https://a.blob.core.windows.net/c"),
+    ]
+
+    def device(path: str, maps: list[PathMap] = mapping) -> Device:
+        folder, _, name = path.rpartition("/")
+        return map_file(_at(folder), name, TargetView(16), maps).device
+
+    assert device("/backups/db1/full.bak") == Device(r"\\fs\backups\db1\full.bak")
+    assert device("/backups/cloud/x y.bak") == Device("https://a.blob.core.windows.net/c/x%20y.bak")
+    assert device("/backupsX/a.bak") == Device("/backupsX/a.bak")
+    assert device("/data/a.bak", [PathMap.parse("/=/mnt/")]) == Device("/mnt/data/a.bak")
+    assert device("/b/a.bak", [PathMap.parse("/b=D:")]) == Device(r"D:\a.bak")
 
 
 def _plan(*steps: PlanStep) -> DatabasePlan:
@@ -289,7 +300,7 @@ def _plan_step(s: Any, kind: StepKind = StepKind.FULL) -> PlanStep:
 )
 def test_target_versions(version: int, target: int, code: str | None) -> None:
     full = backup_set(database_version=version)
-    made = database_script(_plan(_plan_step(full)), [full], "/b", ScriptSettings(target_version=target))
+    made = database_script(_plan(_plan_step(full)), [full], _at("/b"), ScriptSettings(target_version=target))
     assert [f.code for f in made.findings] == ([code] if code else [])
     assert bool(made.batches) is (code is None)
 
@@ -302,7 +313,53 @@ def test_old_targets_are_refused() -> None:
 def test_database_script_names_every_stripe_in_one_statement() -> None:
     rows = striped(backup_set(path="f.bak"), 3)
     plan = _plan(PlanStep(StepKind.FULL, tuple(r.path for r in rows), "1", "2"))
-    made = database_script(plan, list(reversed(rows)), "/store", ScriptSettings(online=True))
+    made = database_script(plan, list(reversed(rows)), _at("/store"), ScriptSettings(online=True))
     [batch] = made.batches
     assert batch.statement.count("DISK = N'/store/f_") == 3
     assert batch.comments[-1].startswith("full backup 'f_1of3.bak', 'f_2of3.bak', 'f_3of3.bak'; LSN 1 to 2")
+
+
+def test_scripts_name_secrets_by_sqlcmd_variables() -> None:
+    full = backup_set(path="db/it's #1.bak", has_media_password=True)
+    plan = _plan(_plan_step(full))
+    sas_url = "https://acct.blob.core.windows.net/bkp?sv=2022-11-02&sp=rl&sig=SECRETSIG"
+    made = database_script(
+        plan, [full], SourceAccess(parse_location(sas_url)), ScriptSettings(target_version=16)
+    )
+    first = made.batches[0]
+    assert "MEDIAPASSWORD = N'$(FERRY_MEDIA_PASSWORD)'" in first.statement
+    assert first.comments[1].startswith(':setvar FERRY_MEDIA_PASSWORD "<')
+    assert "URL = N'https://acct.blob.core.windows.net/bkp/db/it%27s%20%231.bak'" in first.statement
+    [cred] = made.credentials
+    assert cred.name == "https://acct.blob.core.windows.net/bkp" and made.media_password
+    from ferry.engines.sqlserver.restore_script import credential_batch
+
+    text = credential_batch(cred).text()
+    assert "SECRETSIG" not in text and "sig=" not in text and "$(FERRY_SAS)" in text
+    assert "SECRETSIG" not in "".join(b.text() for b in made.batches)
+
+
+def test_scripts_refuse_what_the_target_cannot_read() -> None:
+    full = backup_set(path="x.bak")
+    plan = _plan(_plan_step(full))
+    smb = SourceAccess(parse_location("smb://fs/bk"))
+    linux = ScriptSettings(target_version=16, platform=Platform.LINUX)
+    assert [f.code for f in database_script(plan, [full], smb, linux).findings] == ["unc-on-linux"]
+    windows = database_script(plan, [full], smb, ScriptSettings(target_version=16, platform=Platform.WINDOWS))
+    assert "DISK = N'\\\\fs\\bk\\x.bak'" in windows.batches[0].statement
+    s3 = SourceAccess(parse_location("s3://bucket/p"), endpoint="https://minio:9000")
+    assert [
+        f.code for f in database_script(plan, [full], s3, ScriptSettings(target_version=15)).findings
+    ] == ["s3-needs-2022"]
+    ok = database_script(plan, [full], s3, ScriptSettings(target_version=16))
+    assert "URL = N's3://minio:9000/bucket/p/x.bak'" in ok.batches[0].statement
+    assert [c.identity for c in ok.credentials] == ["S3 Access Key"]
+    old = backup_set(path="x.bak", database_version=782)
+    keyed = ScriptSettings(target_version=12, credential="blobkey")
+    page = database_script(_plan(_plan_step(old)), [old], _at_az(), keyed)
+    assert "CREDENTIAL = N'blobkey'" in page.batches[0].statement
+    assert [c.name for c in page.credentials] == ["blobkey"]
+
+
+def _at_az() -> SourceAccess:
+    return SourceAccess(parse_location("az://acct/bkp"))

@@ -312,6 +312,8 @@ def migrate(
     force: mssql.Force = False,
     standby: mssql.Standby = None,
     checkdb: mssql.CheckDb = False,
+    media_password_env: mssql.MediaPasswordEnv = None,
+    credential: mssql.KeyCredential = None,
 ) -> None:
     """Migrate a source onto a new server from its backups; online until `ferry cutover`."""
     from ferry.cli.live import run_migration, target_path
@@ -323,7 +325,7 @@ def migrate(
             options = mssql.SqlMigrateOptions(
                 source, to, online, database, target_database, stop_at, stop_at_lsn, last_backup, data_dir,
                 log_dir, backup_path_as or [], replace, yes, force, standby, checkdb, blocked_after,
-                ready_lag, as_json,
+                ready_lag, as_json, media_password_env, credential,
             )  # fmt: skip
             mssql.migrate(options, out, err)
         return

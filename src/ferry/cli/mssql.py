@@ -9,6 +9,7 @@ another shell, a script or a scheduler, and survives the migrating process being
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +21,7 @@ from ferry.cli import render
 from ferry.core.errors import UsageError
 from ferry.engines.base import MigrationJob, ReplaySettings, TargetSpec
 from ferry.engines.sqlserver.connection import TargetUrl
-from ferry.engines.sqlserver.settings import parse_mapping
+from ferry.engines.sqlserver.devices import PathMap
 from ferry.engines.sqlserver.workdir import WorkFolder
 
 EXIT_FINDINGS = 1
@@ -47,6 +48,8 @@ class SqlMigrateOptions:
     blocked_after: float = 60.0
     ready_lag: int = 2
     as_json: bool = False
+    media_password_env: str | None = None
+    credential: str | None = None
 
 
 def job_of(o: SqlMigrateOptions) -> MigrationJob:
@@ -56,7 +59,8 @@ def job_of(o: SqlMigrateOptions) -> MigrationJob:
     if o.force and not o.replace:
         raise UsageError("--force only applies with --replace", "give --replace --yes --force, or none")
     stop = f"lsn:{o.stop_at_lsn.strip()}" if o.stop_at_lsn else (o.stop_at.strip() if o.stop_at else None)
-    maps = [f"{Path(a).resolve().as_posix()}={b}" for a, b in (parse_mapping(m) for m in o.backup_path_as)]
+    # LOCAL may be any store location (az://..., a blob URL, smb://...): parsed, never resolved as a path.
+    maps = [PathMap.parse(m).text for m in o.backup_path_as]
     options = {
         "data_dir": o.data_dir,
         "log_dir": o.log_dir,
@@ -66,6 +70,8 @@ def job_of(o: SqlMigrateOptions) -> MigrationJob:
         "force": o.force,
         "standby": o.standby,
         "checkdb": o.checkdb,
+        "media_password_env": _env_name(o.media_password_env),
+        "credential": o.credential,
     }
     source = str(Path(o.source).resolve()) if "://" not in o.source else o.source
     key = f"{url}|{o.target_database or o.database or ''}|{source}"
@@ -81,6 +87,18 @@ def job_of(o: SqlMigrateOptions) -> MigrationJob:
         stop_at=stop,
         options={k: v for k, v in options.items() if v not in (None, [], False)},
     )
+
+
+def _env_name(name: str | None) -> str | None:
+    """A variable's name, never a value: a password given here by mistake is refused, not echoed."""
+    if name is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UsageError(
+            "--media-password-env takes the name of an environment variable, not the password",
+            "export the password, e.g. export FERRY_MSSQL_MEDIA_PASSWORD=..., and give its name",
+        )
+    return name
 
 
 def migrate(o: SqlMigrateOptions, out: Console, err: Console) -> None:
@@ -180,8 +198,24 @@ BackupPathAs = Annotated[
     list[str] | None,
     typer.Option(
         "--backup-path-as",
-        help="SQL Server: LOCAL=TARGET, the target reads the store's files under LOCAL at TARGET (a path, "
-        "a share or an https:// URL; repeatable).",
+        help="SQL Server: LOCAL=TARGET, the target reads the store's files under LOCAL (a folder or any "
+        "store location: az://..., a blob URL, smb://..., s3://...) at TARGET (a path, a share or a URL; "
+        "repeatable).",
+    ),
+]
+MediaPasswordEnv = Annotated[
+    str | None,
+    typer.Option(
+        "--media-password-env",
+        help="SQL Server: the environment variable that holds the backups' media password (default "
+        "FERRY_MSSQL_MEDIA_PASSWORD); the password itself is never an option.",
+    ),
+]
+KeyCredential = Annotated[
+    str | None,
+    typer.Option(
+        "--credential",
+        help="SQL Server: name of the storage key credential for page blobs (default ferry_ACCOUNT).",
     ),
 ]
 Replace = Annotated[bool, typer.Option("--replace", help="SQL Server: overwrite an existing database.")]

@@ -2,13 +2,14 @@
 
 The output is a contract scripts rely on (docs/engines.md, "Restore scripts"): statements separated by
 lines that hold only GO, a comment line before each naming its backup, nothing else on stdout. Databases
-that cannot be restored get no statement; their findings go to stderr and the exit code is 1.
+that cannot be restored get no statement; their findings go to stderr and the exit code is 1. The backup
+files are named as the target reads them (the mapping `ferry migrate` uses, devices.py); the credentials
+they need come first, their secrets as sqlcmd variables: a script never holds a secret.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,12 +17,13 @@ import typer
 from ferry.core.errors import UsageError
 from ferry.core.findings import Finding, Severity, has_errors
 from ferry.engines.registry import all_engines
+from ferry.engines.sqlserver import access as acc
+from ferry.engines.sqlserver.devices import Credential, PathMap, Platform
 from ferry.engines.sqlserver.engine import ENGINE
 from ferry.engines.sqlserver.headers import BackupSet
-from ferry.engines.sqlserver.restore_script import ScriptSettings, database_script
+from ferry.engines.sqlserver.restore_script import ScriptSettings, credential_batch, database_script
+from ferry.engines.sqlserver.settings import Settings
 from ferry.pipeline.catalog import build_plan, select_databases
-from ferry.stores.local import LocalStore
-from ferry.stores.registry import open_location
 
 EXIT_FINDINGS = 1
 
@@ -54,12 +56,21 @@ def script(
         list[str] | None,
         typer.Option(
             "--backup-path-as",
-            help="LOCAL=TARGET: the target server reads the backups under LOCAL at TARGET, a path, a "
-            "share or an https:// URL (repeatable).",
+            help="LOCAL=TARGET: the target server reads the backups under LOCAL (a folder or any store "
+            "location: az://..., smb://..., s3://...) at TARGET, a path, a share or a URL (repeatable).",
         ),
     ] = None,
     credential: Annotated[
-        str | None, typer.Option("--credential", help="Credential for URL devices (SQL Server 2012/2014).")
+        str | None,
+        typer.Option(
+            "--credential", help="Storage key credential for page blobs (and every blob on 2012/2014)."
+        ),
+    ] = None,
+    target_platform: Annotated[
+        str | None,
+        typer.Option(
+            "--target-platform", help="windows or linux: Linux reads no UNC path (\\\\host\\share)."
+        ),
     ] = None,
 ) -> None:
     """Print the T-SQL that restores each database of PATH: RESTORE DATABASE/LOG statements, no connection."""
@@ -70,17 +81,19 @@ def script(
         settings = ScriptSettings(
             data_dir=data_dir,
             log_dir=log_dir,
-            path_map=tuple(_mapping(m) for m in backup_path_as or ()),
+            path_map=tuple(PathMap.parse(m) for m in backup_path_as or ()),
             online=online,
             target_version=target_version,
             credential=credential,
+            platform=_platform(target_platform),
         )
         target = _target(stop_at, stop_at_lsn)
         result = _scan(path, True)
         plan = select_databases(build_plan(path, result, all_engines(), target=target), database or [])
         sets = [s for s in result.sets_for(ENGINE) if isinstance(s, BackupSet)]
-        root = _root(path)
+        source = acc.open_source(path, Settings(credential=credential), secrets=False)
         batches: list[str] = []
+        credentials: dict[str, Credential] = {}
         failed = has_errors(list(plan.findings))
         taken: frozenset[str] = frozenset()
         scripted: dict[str, str] = {}
@@ -88,8 +101,10 @@ def script(
             if db.engine != ENGINE:
                 err.print(f"note: {db.engine} database '{db.name}' has no T-SQL restore; skipped")
                 continue
-            made = database_script(db, sets, root, settings, taken)
+            made = database_script(db, sets, source.access, settings, taken, source.blob_type)
             taken = made.taken
+            for cred in made.credentials:
+                credentials.setdefault(cred.name.casefold(), cred)
             batches.extend(b.text() for b in made.batches)
             found = list(made.findings)
             if not made.batches:
@@ -101,6 +116,7 @@ def script(
             render.findings(err, found, title=f"{db.name} on {db.server}")
         render.findings(err, plan.findings, title="Files")
         if batches:
+            batches = [credential_batch(c).text() for c in credentials.values()] + batches
             sys.stdout.write("\nGO\n".join(batches) + "\nGO\n")
         if failed:
             raise typer.Exit(EXIT_FINDINGS)
@@ -117,20 +133,10 @@ def _same_name(name: str, server: str, first: str) -> Finding:
     )
 
 
-def _mapping(text: str) -> tuple[str, str]:
-    local, sep, target = text.partition("=")
-    if not sep or not local or not target:
-        raise UsageError(
-            f"--backup-path-as '{text}' is not LOCAL=TARGET",
-            r"e.g. --backup-path-as /backups=\\fileserver\backups",
-        )
-    # Resolved like the scanned folder, so a symlinked or relative LOCAL matches the same files.
-    return Path(local).resolve().as_posix(), target
-
-
-def _root(location: str) -> str:
-    """The absolute folder the plan's relative file paths start from."""
-    store, _ = open_location(location)
-    if isinstance(store, LocalStore):
-        return store.root.resolve().as_posix()
-    return location.rstrip("/")
+def _platform(text: str | None) -> Platform | None:
+    if text is None:
+        return None
+    for p in Platform:
+        if p.value.casefold() == text.strip().casefold():
+            return p
+    raise UsageError(f"--target-platform '{text}' is not windows or linux", "give windows or linux")

@@ -71,8 +71,9 @@ BackupPathAs = Annotated[
     list[str] | None,
     typer.Option(
         "--backup-path-as",
-        help="SQL Server targets: LOCAL=TARGET, the instance reads the stores' files under LOCAL at TARGET "
-        "(a path, a share or an https:// URL; repeatable).",
+        help="SQL Server targets: LOCAL=TARGET, the instance reads the stores' files under LOCAL (a folder "
+        "or any store location: az://..., smb://..., s3://...) at TARGET (a path, a share or a URL; "
+        "repeatable).",
     ),
 ]
 

@@ -235,3 +235,6 @@ class Migrator(Protocol):
 #   hold many databases (SQL Server); the service then hands each migration its own database's sets.
 # - `Migrator.describe(target: TargetSpec) -> Mapping[str, Any]`: facts read from the target itself
 #   (version, edition, default folders, free space), which agents refresh once a minute for the API.
+# - `Migrator.read_check(job, files: SourceFiles) -> list[Finding]`: before a migration starts, whether the
+#   target reads the job's first backup file itself (SQL Server: the preflight's RESTORE LABELONLY, through
+#   the same device mapping), and why not; changes nothing on the target.

@@ -69,14 +69,18 @@ class Source:
         return self.types[key]
 
 
-def open_source(location: str, s: Settings, restore_bytes: int = 0) -> Source:
+def open_source(location: str, s: Settings, restore_bytes: int = 0, *, secrets: bool = True) -> Source:
     """The store of `location` and its SourceAccess. FERRY_MSSQL_SAS (or the sas_token option) is the SAS of
-    a mapped URL, and of an Azure source when it has none of its own."""
+    a mapped URL, and of an Azure source when it has none of its own. `secrets` False: the endpoint only
+    (a script names its secrets as sqlcmd variables and holds none)."""
     loc = parse_location(location)
     store, prefix = open_location(loc)
     if prefix:  # the location names one file: keys are relative to its folder
         loc = loc.parent()
     hours = sas_hours(restore_bytes)
+    if not secrets:
+        endpoint = store.endpoint if isinstance(store, AzureBlobStore | S3Store) else ""
+        return Source(SourceAccess(loc, endpoint=endpoint, key_credential=s.credential), store, hours)
     access = SourceAccess(loc, sas=(s.sas or "").lstrip("?"), key_credential=s.credential)
     if isinstance(store, AzureBlobStore):
         token, minted, expiry = store.container_sas(hours)
@@ -95,8 +99,13 @@ def open_source(location: str, s: Settings, restore_bytes: int = 0) -> Source:
 
 def target_view(facts: TargetFacts, dev: DeviceFacts) -> TargetView:
     platform = Platform(dev.platform) if dev.platform in ("Windows", "Linux") else None
+    sysadmin = facts.is_sysadmin
     return TargetView(
-        facts.major, platform, facts.credentials, dev.can_alter_credentials or facts.is_sysadmin
+        facts.major,
+        platform,
+        facts.credentials,
+        dev.can_alter_credentials or sysadmin,
+        dev.can_view_credentials or sysadmin,
     )
 
 
@@ -192,7 +201,9 @@ def unreadable_finding(device: str, reason: str, target: str, cred: Credential |
     if cred is not None and cred.secret is Secret.SAS:
         hint = (
             f"the credential [{cred.name}] must hold a valid SAS with read and list on the container "
-            "(not expired, without the leading ?); running again will not help until it does"
+            "(not expired, without the leading ?): ALTER CREDENTIAL it, or run Ferry as a login with ALTER "
+            "ANY CREDENTIAL and a SAS or account key, and Ferry replaces it; running again will not help "
+            "until then"
         )
     elif cred is not None:
         hint = (

@@ -30,7 +30,7 @@ from ferry.engines.sqlserver.prepare import restore_options, stop_point
 from ferry.engines.sqlserver.recovery import Goal, resolve_stop_point
 from ferry.engines.sqlserver.settings import Settings, SqlState
 from ferry.engines.sqlserver.stripes import LogicalBackup
-from ferry.engines.sqlserver.target import Target, Throttle
+from ferry.engines.sqlserver.target import CredentialRefused, Target, Throttle
 from ferry.engines.sqlserver.tsql import restore_statement as render
 
 TOO_EARLY, TOO_RECENT = 4326, 4305
@@ -183,11 +183,17 @@ class Applier:
         if self.credentials is None or self.credentials.renew_due():
             first = self.credentials is None
             self.credentials = acc.Credentials(self.source, credentials_of(mapped))
-            if first:
-                self.credentials.ensure(self.t, [c.name for c in self.credentials.needed], alter=True)
-            else:
-                self.credentials.renew(self.t, [c.name for c in self.credentials.needed])
-                self.ctx.note("renewed the SAS credential on the target (ALTER CREDENTIAL)")
+            names = [c.name for c in self.credentials.needed]
+            try:
+                if first:
+                    self.credentials.ensure(self.t, names, alter=True)
+                else:
+                    self.credentials.renew(self.t, names)
+                    self.ctx.note("renewed the SAS credential on the target (ALTER CREDENTIAL)")
+            except CredentialRefused as exc:
+                # The credential the preflight found may still hold a valid SAS: the restore says when
+                # it does not, with the hint to renew it by hand.
+                self.ctx.note(f"the SAS credential on the target was not renewed: {exc.message}")
 
     # -- what the caller shows ----------------------------------------------------------------------------
     def report(

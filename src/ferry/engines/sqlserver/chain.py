@@ -385,8 +385,10 @@ def _after_checks(label: str, steps: Sequence[ChainStep], logs: Sequence[Logical
                 "media-password",
                 Severity.WARNING,
                 f"the restore of database {label} reads password-protected media: {quote_files(locked)}",
-                "give the media password to the restore (RESTORE ... WITH MEDIAPASSWORD); "
-                "Ferry cannot check it in advance",
+                "the restore needs WITH MEDIAPASSWORD: for ferry migrate export FERRY_MSSQL_MEDIA_PASSWORD "
+                "(or the variable named by --media-password-env NAME); a ferry script reads the sqlcmd "
+                "variable FERRY_MEDIA_PASSWORD (sqlcmd -v FERRY_MEDIA_PASSWORD=...). Never on the command "
+                "line; Ferry cannot check it in advance",
                 tuple(locked),
             )
         )

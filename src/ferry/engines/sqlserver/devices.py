@@ -1,6 +1,6 @@
 """How a SQL Server instance reads a store's file: the one mapping from a store location, a file key and the
 target's facts to the device of a RESTORE (`DISK = N'...'` or `URL = N'...'`), the credential it needs, and
-the findings when the target cannot read it. `ferry migrate`, `ferry script`, the service and the console
+the findings when the target cannot read it. `ferry migrate`, `ferry script` and the service
 all go through `map_file`. Pure: no connection, no store; `access.py` gathers the secrets and blob types.
 
 The rules, per store (docs/engines.md, "How the target reads the backups"):
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
 from ferry.core.errors import UsageError
 from ferry.core.findings import Finding, Severity
+from ferry.core.redact import redact_text
 from ferry.engines.sqlserver.tsql import Device, quote_ident, quote_literal
 from ferry.stores.location import Location, StoreKind, parse_location
 
@@ -60,13 +61,15 @@ class Secret(StrEnum):
 
 @dataclass(frozen=True)
 class TargetView:
-    """The target's facts the mapping needs. `platform` None: not known (SQL Server 2016 and older run on
-    Windows only; later ones say in sys.dm_os_host_info)."""
+    """The target's facts the mapping needs. `major` 0: not known (a script without --target-version), so
+    no version rule refuses anything. `platform` None: not known (SQL Server 2016 and older run on Windows
+    only; later ones say in sys.dm_os_host_info)."""
 
     major: int
     platform: Platform | None = None
     credentials: tuple[str, ...] = ()  # names in sys.credentials
     can_alter_credentials: bool = False  # sysadmin, or ALTER ANY CREDENTIAL
+    sees_credentials: bool = True  # False: sys.credentials may hide rows (no VIEW ANY DEFINITION)
 
     def has_credential(self, name: str) -> bool:
         return name.casefold() in {c.casefold() for c in self.credentials}
@@ -150,9 +153,18 @@ class PathMap:
         else:
             local, sep, target = "", "", ""
         if not sep or not local or not target:
+            shown = redact_text(text if isinstance(text, str) else "=".join(map(str, text)))
             raise UsageError(
-                f"backup path mapping {text!r} is not LOCAL=TARGET",
+                f"backup path mapping {shown!r} is not LOCAL=TARGET",
                 r"e.g. --backup-path-as /backups=\\fileserver\backups or az://acct/bk=D:\bk",
+            )
+        if re.match(r"(?i)^(https?|s3)://", target) and ("?" in target or "#" in target):
+            # A device URL never carries a query string: SQL Server would read `?sv=...` as part of the
+            # blob's name, and the statement (shown, logged) would hold the signature.
+            raise UsageError(
+                f"backup path mapping target '{redact_text(target)}' has a query string",
+                "give the URL without '?...'; the target reads it through a credential: put the SAS in "
+                "FERRY_MSSQL_SAS (Ferry creates the credential) or create it on the target yourself",
             )
         loc = parse_location(local)
         if loc.kind is StoreKind.LOCAL:
@@ -181,6 +193,7 @@ def _split_mapping(text: str) -> tuple[str, str, str]:
             rest = text[m.end() :]
             if re.match(r"^([A-Za-z]:|\\\\|/|[a-z][a-z0-9+.\-]*://)", rest):
                 return text[: m.start()], "=", rest
+        return text, "", ""  # every `=` is the query's own: there is no TARGET
     return text.partition("=")
 
 
@@ -397,20 +410,40 @@ def _credential_findings(
     why = (
         "the login may not create it (it needs ALTER ANY CREDENTIAL, or sysadmin)"
         if have
-        else f"Ferry has no {_secret_words(cred.secret)} to create it with"
+        else f"Ferry has no {secret_words(cred.secret)} to create it with"
     )
+    if not target.sees_credentials:
+        # The login sees no rows of sys.credentials (no VIEW ANY DEFINITION): the credential may well be
+        # there. The read probe decides; its finding carries the same statement.
+        return [
+            _f(
+                "url-credential-unseen",
+                f"the login cannot see whether the target has the credential [{cred.name}] to read "
+                f"'{url}' (sys.credentials needs VIEW ANY DEFINITION), and {why}",
+                f"if the read check fails, run on the target: {cred.shown} (set {cred.secret.variable} to "
+                f"the {secret_words(cred.secret)})",
+                url,
+                severity=Severity.WARNING,
+            )
+        ]
     return [
         _f(
             "url-credential-missing",
             f"the target has no credential [{cred.name}] to read '{url}', and {why}",
             f"run on the target: {cred.shown} (set {cred.secret.variable} to the "
-            f"{_secret_words(cred.secret)}), or connect as a login with ALTER ANY CREDENTIAL",
+            f"{secret_words(cred.secret)}), or connect as a login with ALTER ANY CREDENTIAL",
             url,
         )
     ]
 
 
-def _secret_words(kind: Secret) -> str:
+def replace_key_credential(access: SourceAccess, name: str | None) -> SourceAccess:
+    """`access` with the storage-key credential's name given (--credential), when one is."""
+    return access if not name else replace(access, key_credential=name)
+
+
+def secret_words(kind: Secret) -> str:
+    """What a secret is, in a DBA's words (for hints and a script's :setvar lines)."""
     return {
         Secret.SAS: "SAS token (read and list on the container, without the leading ?)",
         Secret.STORAGE_KEY: "storage account key",
@@ -450,7 +483,7 @@ def _s3(loc: Location, access: SourceAccess, target: TargetView) -> Mapped:
 
 
 def _s3_device(url: str, bucket_url: str, target: TargetView, access: SourceAccess | None = None) -> Mapped:
-    if target.major < 16:
+    if 0 < target.major < 16:
         year = _YEARS.get(target.major, str(target.major))
         return Mapped(
             Device(url),

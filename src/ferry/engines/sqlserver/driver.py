@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferry.core.errors import FerryError
+from ferry.core.findings import Finding
 from ferry.core.migration import MigrationStatus, State, StatusReporter
 from ferry.engines.base import (
     CutoverDone,
@@ -376,6 +377,16 @@ class SqlServerMigrator:
             "RESTORE DATABASE ... WITH RECOVERY to look at it)",
             data={"database": st.database},
         )
+
+    # -- read_check (before a migration starts: can the target read its backups) ----------------------
+
+    def read_check(self, job: MigrationJob, files: SourceFiles) -> list[Finding]:
+        """Whether the target reads the first file of the job's full backup (readcheck.py): findings, none
+        when it does. Changes nothing on the target."""
+        from ferry.engines.sqlserver.readcheck import read_check
+
+        with self._open(job) as target:
+            return read_check(job, files, target)
 
     # -- describe (the target's facts, for the service's list of targets) ------------------------------
 

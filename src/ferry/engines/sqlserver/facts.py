@@ -405,7 +405,13 @@ def parse_position(results: Sequence[ResultSet]) -> Position:
 # Asked on their own, apart from the facts batch, so that a build or a login that cannot answer one of them
 # loses only that fact. sys.dm_os_host_info exists from SQL Server 2017 on; 2016 and older run on Windows
 # only. https://learn.microsoft.com/sql/relational-databases/system-dynamic-management-views/sys-dm-os-host-info-transact-sql
-CREDENTIAL_RIGHTS = "SELECT HAS_PERMS_BY_NAME(NULL, NULL, 'ALTER ANY CREDENTIAL') AS can_alter_credentials"
+# sys.credentials shows rows only to a login with VIEW ANY DEFINITION or ALTER ANY CREDENTIAL: without
+# either, an empty answer says nothing about what exists.
+# https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-credentials-transact-sql
+CREDENTIAL_RIGHTS = (
+    "SELECT HAS_PERMS_BY_NAME(NULL, NULL, 'ALTER ANY CREDENTIAL') AS can_alter_credentials, "
+    "HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW ANY DEFINITION') AS can_view_definitions"
+)
 HOST_PLATFORM = "SELECT host_platform FROM sys.dm_os_host_info"
 
 
@@ -416,6 +422,7 @@ class DeviceFacts:
 
     platform: str | None = None
     can_alter_credentials: bool = False
+    can_view_credentials: bool = False  # VIEW ANY DEFINITION or ALTER ANY CREDENTIAL: sees all of them
 
 
 def parse_platform(results: Sequence[ResultSet], major: int) -> str | None:
@@ -426,6 +433,11 @@ def parse_platform(results: Sequence[ResultSet], major: int) -> str | None:
     return "Windows" if 0 < major < 14 else None
 
 
-def parse_credential_rights(results: Sequence[ResultSet]) -> bool:
+def parse_credential_rights(results: Sequence[ResultSet]) -> tuple[bool, bool]:
+    """(may alter credentials, sees every row of sys.credentials)."""
     rows = results[0].rows if results else []
-    return bool(rows) and _int(rows[0][0]) == 1
+    if not rows:
+        return False, False
+    alter = _int(rows[0][0]) == 1
+    view = len(rows[0]) > 1 and _int(rows[0][1]) == 1
+    return alter, alter or view

@@ -1,30 +1,34 @@
 """A restore script for one planned database: its RESTORE statements in order, each with a comment naming its
 backup, plus the choices a script makes for the target: where files go (MOVE), how the target server sees
-the backup files, and whether the target's version can read the backups at all.
+the backup files (devices.py, the mapping `ferry migrate` uses too), and whether the target's version can
+read the backups at all.
 
-Pure: the plan and the headers read by the scan go in, text and findings come out.
+A script never holds a secret: the credentials its devices need are statements whose secret is a sqlcmd
+variable (`$(FERRY_SAS)`), and a media password is `$(FERRY_MEDIA_PASSWORD)`; `setvar_lines` says how to
+set them.
+
+Pure: the plan, the headers read by the scan and the source's location go in, text and findings come out.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from urllib.parse import quote
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from ferry.core.errors import UsageError
 from ferry.core.findings import Finding, Severity
 from ferry.core.plan import DatabasePlan, PlanStep
+from ferry.engines.sqlserver import devices as dv
 from ferry.engines.sqlserver.chain import ChainStep
 from ferry.engines.sqlserver.headers import BackupSet, DatabaseFile
 from ferry.engines.sqlserver.stripes import LogicalBackup
 from ferry.engines.sqlserver.tsql import (
-    Device,
     RestoreOptions,
     ScriptError,
     max_database_version,
     quote_ident,
+    quote_literal,
     recover_statement,
     restore_statement,
 )
@@ -36,19 +40,30 @@ _YEARS = {9: 2005, 10: 2008, 11: 2012, 12: 2014, 13: 2016, 14: 2017, 15: 2019, 1
 _OLDEST_SOURCE = {11: 611, 12: 611, 13: 611}
 _OLDEST_SOURCE_LATER = 655
 _WINDOWS_PATH = re.compile(r"^([A-Za-z]:|\\\\)|\\")
+MEDIA_PASSWORD_VARIABLE = "FERRY_MEDIA_PASSWORD"
+# The script names credentials itself: the findings that say Ferry could not create one do not apply.
+_SCRIPT_CREATES = {"url-credential-missing"}
 
 
 @dataclass(frozen=True)
 class ScriptSettings:
-    """How the target sees things. `path_map` rewrites backup paths, longest local prefix first."""
+    """How the target sees things. `path_map` (--backup-path-as) maps store locations to what the target
+    reads, the longest matching one first; `platform` is the target's, when given."""
 
     data_dir: str | None = None
     log_dir: str | None = None
-    path_map: tuple[tuple[str, str], ...] = ()
+    path_map: tuple[dv.PathMap, ...] = ()
     online: bool = False
     target_version: int | None = None
     credential: str | None = None
     stats: int | None = 10
+    platform: dv.Platform | None = None
+
+    @property
+    def view(self) -> dv.TargetView:
+        """The target as the script knows it: a version and platform when given, and a DBA who runs the
+        credential statements the script prints."""
+        return dv.TargetView(self.target_version or 0, self.platform, (), True)
 
     def __post_init__(self) -> None:
         if self.target_version is not None and self.target_version < OLDEST_TARGET:
@@ -77,6 +92,8 @@ class DatabaseScript:
     batches: tuple[Batch, ...] = ()
     findings: tuple[Finding, ...] = ()  # the plan's findings and the script's own
     taken: frozenset[str] = field(default=frozenset())  # target file paths used so far, case-folded
+    credentials: tuple[dv.Credential, ...] = ()  # what the devices read through, to create first
+    media_password: bool = False  # a statement names $(FERRY_MEDIA_PASSWORD)
 
 
 def comment_text(text: str) -> str:
@@ -84,21 +101,30 @@ def comment_text(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
+def _no_type(key: str) -> str | None:
+    return None
+
+
 def database_script(
     plan: DatabasePlan,
     sets: Sequence[BackupSet],
-    root: str,
+    source: dv.SourceAccess,
     settings: ScriptSettings,
     taken: frozenset[str] = frozenset(),
+    blob_type: Callable[[str], str | None] = _no_type,
 ) -> DatabaseScript:
     """The batches that restore `plan`, or none and the findings that say why. `sets` are the scanned
-    headers (those of the plan's files are used); `root` is where the plan's relative file paths live;
-    `taken` holds the target paths earlier databases of the same script use."""
+    headers (those of the plan's files are used); `source` is where the plan's relative file paths live
+    (no secret needed); `taken` holds the target paths earlier databases of the same script use;
+    `blob_type` gives an Azure file's blob type when the store can say."""
     findings = list(plan.findings)
     if not plan.executable:
         return DatabaseScript(plan, (), tuple(findings), taken)
     steps = [_chain_step(step, sets) for step in plan.steps]
     findings.extend(version_findings(plan, [s.backup for s in steps], settings.target_version))
+    mapped = [_map_step(step.files, source, settings, blob_type) for step in plan.steps]
+    every = [m for ms in mapped for m in ms]
+    findings.extend(f for f in dv.findings_of(every) if f.code not in _SCRIPT_CREATES)
     if any(f.severity is Severity.ERROR for f in findings):
         return DatabaseScript(plan, (), tuple(findings), taken)
     files = _all_files(steps)
@@ -114,21 +140,24 @@ def database_script(
                 (),
             )
         )
+    locked = any(s.backup.has_media_password for s in steps)
     options = RestoreOptions(
         database=plan.name,
         moves=moves,
         stats=settings.stats,
-        credential=settings.credential,
         target_version=settings.target_version,
     )
     batches: list[Batch] = []
     try:
-        for i, (step, chained) in enumerate(zip(plan.steps, steps, strict=True)):
-            devices = [map_path(posixpath.join(root, f), settings.path_map) for f in step.files]
-            comments = (_describe(plan),) if i == 0 else ()
-            batches.append(
-                Batch((*comments, _step_comment(step)), restore_statement(chained, devices, options))
-            )
+        for i, (step, chained, ms) in enumerate(zip(plan.steps, steps, mapped, strict=True)):
+            devices = [m.device for m in ms]
+            named = next((m.with_credential for m in ms if m.with_credential), None)
+            # --credential with disk devices stays, so that the statement refuses it as SQL Server would.
+            credential = named or (settings.credential if not any(d.is_url for d in devices) else None)
+            password = f"$({MEDIA_PASSWORD_VARIABLE})" if chained.backup.has_media_password else None
+            opts = replace(options, credential=credential, media_password=password)
+            comments = (_describe(plan), *(setvar_lines(None) if locked else ())) if i == 0 else ()
+            batches.append(Batch((*comments, _step_comment(step)), restore_statement(chained, devices, opts)))
         if not settings.online:
             batches.append(Batch((f"recovery: bring {plan.name} online",), recover_statement(plan.name)))
     except ScriptError as exc:
@@ -142,7 +171,48 @@ def database_script(
             )
         )
         return DatabaseScript(plan, (), tuple(findings), taken)
-    return DatabaseScript(plan, tuple(batches), tuple(findings), now_taken)
+    creds = tuple(dv.credentials_of(every))
+    return DatabaseScript(plan, tuple(batches), tuple(findings), now_taken, creds, locked)
+
+
+def _map_step(
+    files: Sequence[str],
+    source: dv.SourceAccess,
+    settings: ScriptSettings,
+    blob_type: Callable[[str], str | None],
+) -> list[dv.Mapped]:
+    """A step's files as the target reads them. A blob whose type the store does not say is taken to be a
+    page blob when --credential names a storage key credential (the only kind that reads page blobs)."""
+    access = dv.replace_key_credential(source, settings.credential)
+    fallback = "PageBlob" if settings.credential else None
+    return [
+        dv.map_file(access, key, settings.view, settings.path_map, blob_type(key) or fallback)
+        for key in files
+    ]
+
+
+def credential_batch(cred: dv.Credential) -> Batch:
+    """The statement that puts `cred` on the target (altered when it is there already, so that a renewed
+    secret replaces the old one), its secret a sqlcmd variable: the script holds no secret."""
+    name = quote_literal(cred.name)
+    statement = (
+        f"IF EXISTS (SELECT 1 FROM sys.credentials WHERE name = {name})\n"
+        f"    {cred.statement(f'$({cred.secret.variable})', alter=True)}\n"
+        f"ELSE\n    {cred.shown}"
+    )
+    what = "read through it" if not cred.named else f"name it in WITH CREDENTIAL = {name}"
+    return Batch(
+        (f"credential {quote_ident(cred.name)}: the target's restores {what}", *setvar_lines(cred.secret)),
+        statement,
+    )
+
+
+def setvar_lines(secret: dv.Secret | None) -> tuple[str, ...]:
+    """The commented `:setvar` line for a secret (None: the media password). Uncomment it with the value,
+    or pass it as `sqlcmd -v NAME=...`; sqlcmd refuses to run a script whose variable is not set."""
+    if secret is None:
+        return (f':setvar {MEDIA_PASSWORD_VARIABLE} "<the media password of the backups>"',)
+    return (f':setvar {secret.variable} "<{dv.secret_words(secret)}>"',)
 
 
 def version_findings(
@@ -206,24 +276,6 @@ def relocate(
         used.add(path.casefold())
         moves[f.logical_name] = path
     return moves, frozenset(used), clashes
-
-
-def map_path(path: str, path_map: Sequence[tuple[str, str]]) -> Device:
-    """The device for a backup file at local `path`, as the target server reads it. The longest matching
-    local prefix is replaced by its target prefix; the rest follows the target's separators (and is
-    percent-encoded for an https:// URL)."""
-    for local, target in sorted(path_map, key=lambda p: len(p[0]), reverse=True):
-        local = local.rstrip("/") or "/"
-        if path != local and not path.startswith(local.rstrip("/") + "/"):
-            continue
-        rest = path[len(local) :].lstrip("/")
-        if not rest:
-            return Device(target)
-        if target.lower().startswith(("https://", "http://")):
-            return Device(target.rstrip("/") + "/" + quote(rest, safe="/"))
-        sep = "\\" if _WINDOWS_PATH.search(target) else "/"
-        return Device(target.rstrip("/\\") + sep + rest.replace("/", sep))
-    return Device(path)
 
 
 def chain_step(step: PlanStep, sets: Sequence[BackupSet]) -> ChainStep:

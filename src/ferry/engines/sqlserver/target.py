@@ -74,10 +74,10 @@ class Target:
         except SqlError:
             platform = "Windows" if 0 < major < 14 else None
         try:
-            rights = f.parse_credential_rights(self.conn.execute(f.CREDENTIAL_RIGHTS, "reading rights"))
+            alter, view = f.parse_credential_rights(self.conn.execute(f.CREDENTIAL_RIGHTS, "reading rights"))
         except SqlError:
-            rights = False
-        return f.DeviceFacts(platform, rights)
+            alter, view = False, False
+        return f.DeviceFacts(platform, alter, view)
 
     def readable(
         self, devices: Sequence[Device], media_password: str | None = None, credential: str | None = None
