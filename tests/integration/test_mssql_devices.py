@@ -2,8 +2,8 @@
 (`az://` with the account key, and a container URL with a SAS) onto the restore model, which reads the
 blobs itself through the credential Ferry puts on it. No output holds a SAS signature or a key.
 
-Tests the current model cannot judge (page blobs through a key credential, S3 on 2022, UNC shares on
-Windows) wait for its device rules."""
+Page blobs through a key credential, S3 on 2022 and UNC shares on Windows are cells of the store matrix
+(tests/integration/stores/test_mssql_matrix.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from tests.integration.stores.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azuri
 # The store servers' fixtures, shared with tests/integration/stores.
 azurite = stores.azurite
 azure_env = stores.azure_env
-NEEDS_MODEL = pytest.mark.skip(reason="needs the model's device rules")
 
 
 @pytest.fixture
@@ -210,22 +209,3 @@ def test_read_check_refuses_block_blobs_on_2014(
         name = _container(azure_env, RTC_FULL)
         found = _read_check(r, _job(r, f"az://{AZURITE_ACCOUNT}/{name}"))
         assert "block-blobs" in [f.code for f in found]  # type: ignore[attr-defined]
-
-
-@NEEDS_MODEL
-def test_page_blobs_through_a_key_credential_named_in_every_statement(rig: Rig, azure_env: Azurite) -> None:
-    name = _container(azure_env, RTC_FULL, blob_type="PageBlob")
-    outcome, _ = rig.run(_job(rig, f"az://{AZURITE_ACCOUNT}/{name}"))  # type: ignore[arg-type]
-    assert outcome.state == "Succeeded"
-    (cred,) = rig.model.state().credentials
-    assert cred.name == f"ferry_{AZURITE_ACCOUNT}" and cred.identity == AZURITE_ACCOUNT
-
-
-@NEEDS_MODEL
-def test_s3_on_sql_server_2022() -> None:
-    """s3:// through moto, credential `s3://host:port/bucket` with IDENTITY = 'S3 Access Key'."""
-
-
-@NEEDS_MODEL
-def test_unc_shares_on_a_windows_target() -> None:
-    """smb:// through Samba, read at \\\\HOST\\SHARE\\... by a model started with --platform windows."""

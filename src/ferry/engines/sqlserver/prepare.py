@@ -212,7 +212,8 @@ def prepare(
         _render(logs[:1], devices, options, False, findings, mapped)  # STANDBY may be refused (an upgrade)
     if not pf.Result(tuple(findings)).blocked:
         creds = acc.Credentials(source, dv.credentials_of(every))
-        creds.ensure(target, facts.credentials)
+        if view.can_alter_credentials:  # otherwise the read probe says whether what is there works
+            creds.ensure(target, facts.credentials)
         probes = [mapped[guid(st)] for st in (*base, *logs[:1])]
         failed = _probe_reads(target, probes, s)
         if (

@@ -9,12 +9,12 @@ Ferry would create at the start is reported as such, and the files behind it are
 from __future__ import annotations
 
 from ferry.core.errors import UsageError
-from ferry.core.findings import Finding, Severity
+from ferry.core.findings import Finding, MigrationBlocked, Severity
 from ferry.core.plan import StepKind
 from ferry.engines.base import MigrationJob, SourceFiles
 from ferry.engines.sqlserver import access as acc
 from ferry.engines.sqlserver import devices as dv
-from ferry.engines.sqlserver.prepare import MigrationBlocked, plan_source
+from ferry.engines.sqlserver.prepare import plan_source
 from ferry.engines.sqlserver.settings import Settings
 from ferry.engines.sqlserver.target import Target
 
